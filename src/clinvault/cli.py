@@ -1,0 +1,233 @@
+"""The `clinvault` command: serve, worker, keys, db, audit, kek, and the scrubber's scrub/scan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from clinvault_shared.settings import ConfigurationError, get_settings
+
+app = typer.Typer(
+    name="clinvault",
+    help="Clinical photographs: de-identified, encrypted under consent, audited.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="API keys (shown once, stored as a hash).", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit chain.", no_args_is_help=True)
+kek_app = typer.Typer(help="The master key (KEK).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+app.add_typer(kek_app, name="kek")
+
+
+def _say(message: str) -> None:
+    """Human text goes to stderr so stdout stays machine-readable."""
+    typer.echo(message, err=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _say(f"error: {message}")
+    return typer.Exit(code)
+
+
+class Role(StrEnum):
+    emr = "emr"
+    telemedicine = "telemedicine"
+    clinician = "clinician"
+    consent_admin = "consent_admin"
+    reviewer = "reviewer"
+    researcher = "researcher"
+    auditor = "auditor"
+    admin = "admin"
+
+
+async def _with_session(action):  # type: ignore[no-untyped-def]
+    from clinvault_shared.db import migrate
+    from clinvault_shared.db.session import create_engine, create_sessionmaker
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.is_sqlite:
+        await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            result = await action(session)
+            await session.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to (created if new).")],
+    role: Annotated[Role, typer.Option(help="What the key may do.")],
+    label: Annotated[str | None, typer.Option(help="A note for operators (no PHI).")] = None,
+) -> None:
+    """Create an API key and print it alone on stdout, once."""
+    from clinvault_shared.auth import create_key
+    from clinvault_shared.errors import ClinvaultError
+
+    try:
+        issued = asyncio.run(
+            _with_session(lambda s: create_key(s, tenant_id=tenant, role=role.value, label=label))
+        )
+    except ClinvaultError as exc:
+        raise _fail(exc.message, 2) from None
+    _say(f"created key {issued.key_id} (tenant {issued.tenant_id}, role {issued.role}); "
+         "it is shown only now")
+    typer.echo(issued.secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+) -> None:
+    """List keys (ids, tenants, roles, state; never the secrets)."""
+    from clinvault_shared.auth import list_keys
+
+    keys = asyncio.run(_with_session(lambda s: list_keys(s, tenant)))
+    for key in keys:
+        state = "revoked" if key.revoked_at else "active"
+        typer.echo(f"{key.id}\t{key.tenant_id}\t{key.role}\t{state}\t{key.created_at:%Y-%m-%d}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (key_...).")]) -> None:
+    """Revoke a key; requests with it answer 401 from now on."""
+    from clinvault_shared.auth import revoke_key
+    from clinvault_shared.errors import ClinvaultError
+
+    try:
+        asyncio.run(_with_session(lambda s: revoke_key(s, key_id)))
+    except ClinvaultError as exc:
+        raise _fail(exc.message) from None
+    _say(f"revoked {key_id}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations to the configured database."""
+    from clinvault_shared.db import migrate
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    _say("database is at the latest schema")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check the audit hash chain; exit 1 and say where when it is broken."""
+    from clinvault_shared.audit import verify_command
+
+    report = asyncio.run(verify_command(get_settings().resolved_database_url))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@kek_app.command("rotate")
+def kek_rotate() -> None:
+    """Create a new master key version and re-wrap every live scope key under it."""
+    from clinvault_shared.crypto.master import rotate_kek_command
+
+    count = asyncio.run(rotate_kek_command(get_settings()))
+    _say(f"re-wrapped {count} scope keys under the new master key version")
+
+
+class ServeTarget(StrEnum):
+    all = "all"
+    ingest = "ingest"
+    consent = "consent"
+
+
+@app.command()
+def serve(
+    target: Annotated[ServeTarget, typer.Argument(help="all = both APIs + in-process worker")] = (
+        ServeTarget.all
+    ),
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    bootstrap_admin: Annotated[
+        bool, typer.Option(help="On first start, create and print an admin key.")
+    ] = False,
+) -> None:
+    """Serve the HTTP APIs (embedded defaults: SQLite, local folder, in-process worker)."""
+    import uvicorn
+
+    from clinvault import composition
+
+    settings = get_settings()
+    if target is not ServeTarget.all and not settings.redis_url:
+        raise _fail("`serve ingest|consent` runs apart from the workers: set CLINVAULT_REDIS_URL", 2)
+    if bootstrap_admin:
+        _bootstrap_admin()
+    factory = {
+        ServeTarget.all: composition.create_all_app,
+        ServeTarget.ingest: composition.create_ingest_app,
+        ServeTarget.consent: composition.create_consent_app,
+    }[target]
+    _say(f"clinvault {target.value} serving on http://{host}:{port}  (API docs: /docs)")
+    uvicorn.run(factory(), host=host, port=port, log_level="info", access_log=False)
+
+
+def _bootstrap_admin() -> None:
+    from clinvault_shared.auth import create_key, list_keys
+
+    async def action(session):  # type: ignore[no-untyped-def]
+        if any(k.role == "admin" and k.revoked_at is None for k in await list_keys(session)):
+            return None
+        return await create_key(session, tenant_id="default", role="admin", label="first admin")
+
+    issued = asyncio.run(_with_session(action))
+    if issued is None:
+        _say("an admin key already exists (it was printed on first start); "
+             "make another with: clinvault keys create --tenant default --role admin")
+    else:
+        _say("first admin key (tenant 'default'; shown only now, keep it safe):")
+        _say(f"    {issued.secret}")
+
+
+@app.command()
+def worker() -> None:
+    """Run an arq worker for every job (needs CLINVAULT_REDIS_URL)."""
+    from arq.worker import Worker
+
+    from clinvault import composition
+
+    worker_ = Worker(**composition.worker_settings())
+    worker_.run()
+
+
+def _register_scrub_commands() -> None:
+    try:
+        from clinvault_scrub.cli import register
+    except ImportError:  # the scrub CLI module is optional while the engine is being built
+        return
+    register(app)
+
+
+_register_scrub_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigurationError as exc:
+        _say(f"error: {exc}")
+        raise SystemExit(2) from None
