@@ -19,7 +19,9 @@ from clinvault_shared.db.base import Base
 from clinvault_shared.db.session import create_engine
 
 PG_ADMIN_DSN = os.environ.get("CLINVAULT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_HOST_URL = os.environ.get("CLINVAULT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+PG_HOST_URL = os.environ.get(
+    "CLINVAULT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
+)
 T = TypeVar("T")
 REDIS_TEST_URL = os.environ.get("CLINVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
@@ -72,7 +74,7 @@ async def truncate_all(url: str) -> None:
 async def pg_url(pg_database_url: str) -> AsyncIterator[str]:
     """The session's PostgreSQL database, emptied before the test."""
     await truncate_all(pg_database_url)
-    yield pg_database_url
+    return pg_database_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -96,7 +98,7 @@ async def redis_url() -> AsyncIterator[str]:
     client = Redis.from_url(REDIS_TEST_URL)
     await client.flushdb()
     await client.aclose()
-    yield REDIS_TEST_URL
+    return REDIS_TEST_URL
 
 
 @pytest.fixture(autouse=True)

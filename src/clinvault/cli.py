@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 from enum import StrEnum
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from clinvault_shared.settings import ConfigurationError, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from clinvault_shared.auth import IssuedKey
 
 app = typer.Typer(
     name="clinvault",
@@ -49,7 +55,11 @@ class Role(StrEnum):
     admin = "admin"
 
 
-async def _with_session(action):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+async def _with_session(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `action` in one committed transaction (migrating the embedded SQLite file first)."""
     from clinvault_shared.db import migrate
     from clinvault_shared.db.session import create_engine, create_sessionmaker
 
@@ -83,8 +93,10 @@ def keys_create(
         )
     except ClinvaultError as exc:
         raise _fail(exc.message, 2) from None
-    _say(f"created key {issued.key_id} (tenant {issued.tenant_id}, role {issued.role}); "
-         "it is shown only now")
+    _say(
+        f"created key {issued.key_id} (tenant {issued.tenant_id}, role {issued.role}); "
+        "it is shown only now"
+    )
     typer.echo(issued.secret)
 
 
@@ -174,7 +186,9 @@ def serve(
 
     settings = get_settings()
     if target is not ServeTarget.all and not settings.redis_url:
-        raise _fail("`serve ingest|consent` runs apart from the workers: set CLINVAULT_REDIS_URL", 2)
+        raise _fail(
+            "`serve ingest|consent` runs apart from the workers: set CLINVAULT_REDIS_URL", 2
+        )
     if bootstrap_admin:
         _bootstrap_admin()
     factory = {
@@ -189,15 +203,17 @@ def serve(
 def _bootstrap_admin() -> None:
     from clinvault_shared.auth import create_key, list_keys
 
-    async def action(session):  # type: ignore[no-untyped-def]
+    async def action(session: AsyncSession) -> IssuedKey | None:
         if any(k.role == "admin" and k.revoked_at is None for k in await list_keys(session)):
             return None
         return await create_key(session, tenant_id="default", role="admin", label="first admin")
 
     issued = asyncio.run(_with_session(action))
     if issued is None:
-        _say("an admin key already exists (it was printed on first start); "
-             "make another with: clinvault keys create --tenant default --role admin")
+        _say(
+            "an admin key already exists (it was printed on first start); "
+            "make another with: clinvault keys create --tenant default --role admin"
+        )
     else:
         _say("first admin key (tenant 'default'; shown only now, keep it safe):")
         _say(f"    {issued.secret}")

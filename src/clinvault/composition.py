@@ -73,7 +73,10 @@ def worker_settings() -> dict[str, Any]:
         raise ConfigurationError("`clinvault worker` needs CLINVAULT_REDIS_URL")
     jobs, crons = all_jobs()
     return arq_worker_settings(
-        redis_url=settings.redis_url, jobs=jobs, crons=crons,
-        on_startup=_worker_startup, on_shutdown=_worker_shutdown,
+        redis_url=settings.redis_url,
+        jobs=jobs,
+        crons=crons,
+        on_startup=_worker_startup,
+        on_shutdown=_worker_shutdown,
         concurrency=settings.worker_concurrency,
     )

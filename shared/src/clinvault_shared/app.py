@@ -38,13 +38,16 @@ def build_app(
         if runtime.queue is None:
             if not embedded_jobs:
                 raise ConfigurationError(
-                    "this service enqueues jobs: set CLINVAULT_REDIS_URL (or run `clinvault serve all`)"
+                    "this service enqueues jobs: set CLINVAULT_REDIS_URL "
+                    "(or run `clinvault serve all`)"
                 )
             pool = ProcessPoolExecutor(max_workers=settings.worker_concurrency)
             ctx: WorkerContext = {"runtime": runtime, "cpu_pool": pool}
             queue = InProcessQueue(
-                jobs=embedded_jobs, crons=embedded_crons,
-                concurrency=settings.worker_concurrency, ctx=dict(ctx),
+                jobs=embedded_jobs,
+                crons=embedded_crons,
+                concurrency=settings.worker_concurrency,
+                ctx=dict(ctx),
             )
             await queue.start()
             runtime.queue = queue
@@ -96,8 +99,9 @@ def health_router() -> APIRouter:
         await probe("queue", queue)
         await probe("blob_store", runtime.blobs.check)
         ready = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+        )
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:

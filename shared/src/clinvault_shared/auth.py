@@ -37,27 +37,61 @@ class Permission(StrEnum):
 
 P = Permission
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "emr": frozenset({
-        P.IMAGES_WRITE, P.IMAGES_READ, P.IMAGES_CONTENT, P.IMAGES_DELETE, P.DERIVATIVES_CREATE,
-        P.DERIVATIVES_READ, P.INVITATIONS_WRITE, P.CONSENTS_WRITE, P.CONSENTS_READ,
-        P.DECISIONS_READ,
-    }),
-    "telemedicine": frozenset({
-        P.IMAGES_WRITE, P.IMAGES_READ, P.IMAGES_CONTENT, P.INVITATIONS_WRITE, P.CONSENTS_READ,
-        P.DECISIONS_READ,
-    }),
-    "clinician": frozenset({
-        P.IMAGES_WRITE, P.IMAGES_READ, P.IMAGES_CONTENT, P.IMAGES_DELETE, P.DERIVATIVES_CREATE,
-        P.DERIVATIVES_READ, P.INVITATIONS_WRITE, P.CONSENTS_READ, P.DECISIONS_READ,
-    }),
-    "consent_admin": frozenset({
-        P.CONSENTS_WRITE, P.CONSENTS_READ, P.DECISIONS_READ, P.COMPLIANCE_READ,
-    }),
+    "emr": frozenset(
+        {
+            P.IMAGES_WRITE,
+            P.IMAGES_READ,
+            P.IMAGES_CONTENT,
+            P.IMAGES_DELETE,
+            P.DERIVATIVES_CREATE,
+            P.DERIVATIVES_READ,
+            P.INVITATIONS_WRITE,
+            P.CONSENTS_WRITE,
+            P.CONSENTS_READ,
+            P.DECISIONS_READ,
+        }
+    ),
+    "telemedicine": frozenset(
+        {
+            P.IMAGES_WRITE,
+            P.IMAGES_READ,
+            P.IMAGES_CONTENT,
+            P.INVITATIONS_WRITE,
+            P.CONSENTS_READ,
+            P.DECISIONS_READ,
+        }
+    ),
+    "clinician": frozenset(
+        {
+            P.IMAGES_WRITE,
+            P.IMAGES_READ,
+            P.IMAGES_CONTENT,
+            P.IMAGES_DELETE,
+            P.DERIVATIVES_CREATE,
+            P.DERIVATIVES_READ,
+            P.INVITATIONS_WRITE,
+            P.CONSENTS_READ,
+            P.DECISIONS_READ,
+        }
+    ),
+    "consent_admin": frozenset(
+        {
+            P.CONSENTS_WRITE,
+            P.CONSENTS_READ,
+            P.DECISIONS_READ,
+            P.COMPLIANCE_READ,
+        }
+    ),
     "reviewer": frozenset({P.IMAGES_READ, P.DERIVATIVES_READ, P.DERIVATIVES_REVIEW}),
     "researcher": frozenset({P.DERIVATIVES_READ, P.DERIVATIVES_CONTENT}),
-    "auditor": frozenset({
-        P.AUDIT_READ, P.COMPLIANCE_READ, P.CONSENTS_READ, P.DECISIONS_READ,
-    }),
+    "auditor": frozenset(
+        {
+            P.AUDIT_READ,
+            P.COMPLIANCE_READ,
+            P.CONSENTS_READ,
+            P.DECISIONS_READ,
+        }
+    ),
     "admin": frozenset(Permission),
 }
 ROLES = tuple(ROLE_PERMISSIONS)
@@ -107,7 +141,11 @@ async def create_key(
     """Create a key (and its tenant on first use); the caller commits and shows `secret` once."""
     if role not in ROLE_PERMISSIONS:
         raise BadRequest(f"unknown role '{role}'; choose one of: {', '.join(ROLES)}")
-    if not tenant_id or len(tenant_id) > 64 or not tenant_id.replace("-", "").replace("_", "").isalnum():
+    if (
+        not tenant_id
+        or len(tenant_id) > 64
+        or not tenant_id.replace("-", "").replace("_", "").isalnum()
+    ):
         raise BadRequest("tenant must be 1-64 letters, digits, '-' or '_'")
     if await session.get(Tenant, tenant_id) is None:
         session.add(Tenant(id=tenant_id))
@@ -115,14 +153,16 @@ async def create_key(
     key_id = f"key_{secrets.token_hex(8)}"
     secret = f"{KEY_PREFIX}_{key_id}.{secrets.token_urlsafe(32)}"
     session.add(
-        ApiKey(id=key_id, tenant_id=tenant_id, role=role, secret_hash=_hash_secret(secret), label=label)
+        ApiKey(
+            id=key_id, tenant_id=tenant_id, role=role, secret_hash=_hash_secret(secret), label=label
+        )
     )
     await session.flush()
     return IssuedKey(key_id=key_id, tenant_id=tenant_id, role=role, secret=secret)
 
 
 async def authenticate(session: AsyncSession, presented: str | None) -> Principal:
-    """Resolve a presented key to its principal, or raise 401 (the same answer for every failure)."""
+    """Resolve a presented key to its principal, or raise 401 (one answer for every failure)."""
     if not presented:
         raise Unauthenticated()
     split = _split(presented.strip())

@@ -21,7 +21,7 @@ JobCoroutine = Callable[..., Awaitable[Any]]
 ARQ_QUEUE_NAME = "arq:queue"
 
 
-class RetryLater(Exception):  # noqa: N818  (reads as an instruction, like arq's Retry)
+class RetryLater(Exception):
     """Transient failure: run the job again after `defer_seconds` (up to its max_tries)."""
 
     def __init__(self, defer_seconds: float = 1.0) -> None:
@@ -120,7 +120,9 @@ class InProcessQueue:
         for index in range(self.concurrency):
             self._tasks.append(asyncio.create_task(self._work(), name=f"clinvault-job-{index}"))
         for cron in self.crons:
-            self._tasks.append(asyncio.create_task(self._cron(cron), name=f"clinvault-cron-{cron.name}"))
+            self._tasks.append(
+                asyncio.create_task(self._cron(cron), name=f"clinvault-cron-{cron.name}")
+            )
 
     async def enqueue(
         self, function: str, *args: Any, job_id: str, defer_seconds: float = 0
@@ -145,10 +147,10 @@ class InProcessQueue:
         if self._tasks and all(task.done() for task in self._tasks):
             raise RuntimeError("in-process worker is not running")
 
-    async def drain(self, timeout: float = 60) -> None:
+    async def drain(self, within_seconds: float = 60) -> None:
         """Wait until no job is queued or running (tests, graceful shutdown)."""
-        async with asyncio.timeout(timeout):
-            while self._queue.qsize() or self._running:
+        async with asyncio.timeout(within_seconds):
+            while self._queue.qsize() or self._running:  # noqa: ASYNC110  (polls two counters)
                 await asyncio.sleep(0.02)
 
     async def close(self) -> None:
@@ -212,7 +214,7 @@ def arq_worker_settings(
     from arq.connections import RedisSettings
     from arq.worker import Retry
 
-    def _translate(spec: JobSpec) -> JobCoroutine:
+    def _translate(spec: JobSpec) -> Any:  # arq's WorkerCoroutine protocol; ours is looser
         async def run(ctx: dict[str, Any], *args: Any) -> Any:
             try:
                 return await spec.coroutine(ctx, *args)
@@ -225,16 +227,26 @@ def arq_worker_settings(
     functions = [
         # keep_result=0: a finished job leaves no result key, so the reconciler can re-enqueue
         # the same deterministic job id later if the work turns out to be unfinished.
-        func(_translate(spec), name=spec.name, timeout=spec.timeout_seconds,
-             max_tries=spec.max_tries, keep_result=0)
+        func(
+            _translate(spec),
+            name=spec.name,
+            timeout=spec.timeout_seconds,
+            max_tries=spec.max_tries,
+            keep_result=0,
+        )
         for spec in jobs
     ]
     cron_jobs = [
         arq_cron(
-            _translate(JobSpec(c.name, c.coroutine)), name=c.name,
-            second=set(range(0, 60, max(1, min(c.every_seconds, 60)))) if c.every_seconds < 60 else 0,
+            _translate(JobSpec(c.name, c.coroutine)),
+            name=c.name,
+            second=set(range(0, 60, max(1, min(c.every_seconds, 60))))
+            if c.every_seconds < 60
+            else 0,
             minute=None if c.every_seconds < 3600 else 0,
-            unique=True, run_at_startup=c.run_at_startup, keep_result=0,
+            unique=True,
+            run_at_startup=c.run_at_startup,
+            keep_result=0,
         )
         for c in crons
     ]
@@ -247,6 +259,6 @@ def arq_worker_settings(
         "max_jobs": concurrency,
         "handle_signals": True,
         "job_timeout": max((spec.timeout_seconds for spec in jobs), default=300),
-        # On SIGTERM arq lets running jobs finish; a killed job's row is picked up by the reconciler.
+        # On SIGTERM arq lets running jobs finish; a killed job's row goes to the reconciler.
         "allow_abort_jobs": False,
     }

@@ -14,7 +14,7 @@ class ConfigurationError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    """Configuration; the defaults give the embedded mode (SQLite, local folder, in-process queue)."""
+    """Configuration; defaults give the embedded mode (SQLite, local folder, in-process queue)."""
 
     model_config = SettingsConfigDict(env_prefix="CLINVAULT_", extra="ignore")
 
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     master_key_file: Path | None = None
     # A hex-encoded 256-bit master key given as a secret (env, k8s Secret) instead of a key file.
     master_key: SecretStr | None = None
-    # Hex key for patient pseudonyms (audit, key table); default: pseudonym.key beside the master key.
+    # Hex key for patient pseudonyms (audit, key table); default: pseudonym.key by the master key.
     pseudonym_key: SecretStr | None = None
 
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        if value is not None and not value.startswith(
+            ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+        ):
             raise ValueError(
                 "CLINVAULT_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
             )

@@ -66,8 +66,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return JSONResponse(error_body(codes.get(exc.status_code, "http_error"), message),
-                            exc.status_code)
+        return JSONResponse(
+            error_body(codes.get(exc.status_code, "http_error"), message), exc.status_code
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
