@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import LargeBinary, String, UniqueConstraint
+from sqlalchemy import Index, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clinvault_shared.db.base import Base, utcnow
@@ -16,7 +16,19 @@ class ScopeKey(Base):
     """
 
     __tablename__ = "scope_keys"
-    __table_args__ = (UniqueConstraint("tenant_id", "patient_ref", "scope"),)
+    # One live key per (tenant, patient, scope); tombstones stay beside it. After an erasure a new
+    # upload for the same patient gets a fresh care key (the old one stays a tombstone).
+    __table_args__ = (
+        Index(
+            "uq_scope_keys_live",
+            "tenant_id",
+            "patient_ref",
+            "scope",
+            unique=True,
+            sqlite_where=text("destroyed_at IS NULL"),
+            postgresql_where=text("destroyed_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), index=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 19:43:04.459711
+Create Date: 2026-11-25 19:48:56.576441
 """
 
 from __future__ import annotations
@@ -65,15 +65,19 @@ def upgrade() -> None:
             "destroyed_at", clinvault_shared.db.base.UTCDateTime(timezone=True), nullable=True
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scope_keys")),
-        sa.UniqueConstraint(
-            "tenant_id", "patient_ref", "scope", name=op.f("uq_scope_keys_tenant_id")
-        ),
     )
     with op.batch_alter_table("scope_keys", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_scope_keys_patient_ref"), ["patient_ref"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_scope_keys_tenant_id"), ["tenant_id"], unique=False)
+        batch_op.create_index(
+            "uq_scope_keys_live",
+            ["tenant_id", "patient_ref", "scope"],
+            unique=True,
+            sqlite_where=sa.text("destroyed_at IS NULL"),
+            postgresql_where=sa.text("destroyed_at IS NULL"),
+        )
 
     op.create_table(
         "tenants",
@@ -374,6 +378,11 @@ def downgrade() -> None:
     op.drop_table("api_keys")
     op.drop_table("tenants")
     with op.batch_alter_table("scope_keys", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_scope_keys_live",
+            sqlite_where=sa.text("destroyed_at IS NULL"),
+            postgresql_where=sa.text("destroyed_at IS NULL"),
+        )
         batch_op.drop_index(batch_op.f("ix_scope_keys_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_scope_keys_patient_ref"))
 
