@@ -1,0 +1,122 @@
+"""The public entry point: scrub(bytes, profile, ...) -> ScrubResult. Never raises."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from clinvault_scrub.engine import containers, jpeg, png, record, verify
+from clinvault_scrub.engine.decode import recode_heif, recode_tiff
+from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
+from clinvault_scrub.engine.model import (
+    Hints,
+    Limits,
+    Profile,
+    Region,
+    Rejected,
+    ScrubResult,
+    Status,
+)
+from clinvault_scrub.engine.sandbox import run_limited
+
+_DEFAULT_LIMITS = Limits()
+
+
+def _care(data: bytes, fmt: str, limits: Limits, result: ScrubResult) -> bytes:
+    if fmt == "jpeg":
+        j = jpeg.scrub_care(data, max_pixels=limits.max_pixels)
+        result.removed, result.captured_at = j.removed, j.captured_at
+        return j.output
+    if fmt == "png":
+        p = png.scrub_care(data, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
+        result.removed, result.captured_at = p.removed, p.captured_at
+        return p.output
+    if fmt in ("webp", "gif"):
+        fn = containers.scrub_webp if fmt == "webp" else containers.scrub_gif
+        c = fn(data, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
+        result.removed, result.captured_at = c.removed, c.captured_at
+        return c.output
+    recode = recode_tiff if fmt == "tiff" else recode_heif
+    r = run_limited(recode, (data, limits), limits)
+    result.removed, result.captured_at = r.removed, r.captured_at
+    result.reencoded = True
+    result.removed.append(
+        "container rewritten (pixels re-encoded" + (" losslessly)" if fmt == "tiff" else ")")
+    )
+    return r.output
+
+
+def scrub(
+    data: bytes,
+    profile: Profile | str = Profile.CARE,
+    *,
+    redactions: Sequence[Region] = (),
+    keep: Sequence[Region] = (),
+    hints: Hints | None = None,
+    limits: Limits = _DEFAULT_LIMITS,
+    detect_faces: bool = True,
+    read_text: bool = True,
+) -> ScrubResult:
+    """Scrub one image. Bad input ends as status "rejected" with a reason; this never raises."""
+    profile = Profile(profile)
+    result = ScrubResult(status=Status.REJECTED)
+    checks: list[str] = []
+    terms = hints.terms() if hints else []
+    try:
+        if len(data) > limits.max_bytes:
+            raise Rejected("file exceeds the size limit")
+        fmt = sniff_format(data[:SNIFF_BYTES])
+        if fmt is None:
+            raise Rejected(f"unsupported file type: {describe_format(data[:SNIFF_BYTES])}")
+        result.format = fmt
+        output = _care(data, fmt, limits, result)
+        out_fmt = fmt
+        if profile is Profile.DEIDENTIFY:
+            from clinvault_scrub.engine import deidentify
+
+            d = deidentify.run(
+                data,
+                input_format=fmt,
+                redactions=list(redactions),
+                keep=list(keep),
+                hints=terms,
+                limits=limits,
+                detect_faces=detect_faces,
+                read_text=read_text,
+            )
+            output, out_fmt = d.output, d.output_format
+            result.reencoded = True
+            result.captured_at = None
+            for name in ("timestamps", "orientation (applied to pixels)"):
+                result.removed.append(name)
+            if d.pages_dropped:
+                result.removed.append("extra frames/pages")
+            result.findings = d.findings
+            result.faces_redacted = d.faces_redacted
+            result.review_reasons = d.review_reasons
+            result.needs_review = bool(d.review_reasons)
+            checks += ["faces", "caller_regions", "barcodes", "ocr"]
+        problems = verify.check(
+            output, out_fmt, allow_orientation=profile is Profile.CARE, hints=terms
+        )
+        checks += ["reparse", "metadata_whitelist", "single_image", "no_trailer", "hint_bytes"]
+        if problems:
+            raise Rejected("output failed verification: " + "; ".join(sorted(set(problems))))
+        result.status = Status.SCRUBBED
+        result.output = output
+        result.output_format = out_fmt
+    except Rejected as exc:
+        result.status, result.reason, result.output = Status.REJECTED, str(exc), None
+    except Exception as exc:
+        result.status, result.output = Status.REJECTED, None
+        result.reason = f"internal error while scrubbing ({type(exc).__name__})"
+    result.record = record.build(
+        profile=profile,
+        input_format=result.format,
+        output_format=result.output_format,
+        reencoded=result.reencoded,
+        removed=result.removed,
+        findings=result.findings,
+        checks=checks if result.ok else [*checks, "failed"],
+        review_reasons=result.review_reasons,
+    )
+    return result

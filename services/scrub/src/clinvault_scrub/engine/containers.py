@@ -1,0 +1,194 @@
+"""WebP and GIF care scrubs: container rewrites that copy the image data bytewise."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from clinvault_scrub.engine import exif as exif_mod
+from clinvault_scrub.engine.icc import clean_icc
+from clinvault_scrub.engine.model import Rejected
+
+_WEBP_KEEP = {b"VP8 ", b"VP8L", b"ANIM", b"ANMF", b"ALPH"}
+
+
+@dataclass
+class ContainerScrub:
+    output: bytes
+    removed: list[str] = field(default_factory=list)
+    captured_at: datetime | None = None
+    width: int = 0
+    height: int = 0
+    frames: int = 1
+
+
+def _note(removed: list[str], name: str) -> None:
+    if name not in removed:
+        removed.append(name)
+
+
+def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScrub:
+    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise Rejected("not a WebP stream")
+    riff_end = 8 + struct.unpack("<I", data[4:8])[0]
+    if riff_end > len(data):
+        raise Rejected("truncated WebP")
+    result = ContainerScrub(b"")
+    chunks: list[tuple[bytes, bytes]] = []
+    pos = 12
+    vp8x: bytearray | None = None
+    while pos < riff_end:
+        if pos + 8 > riff_end:
+            raise Rejected("truncated WebP chunk")
+        fourcc = data[pos : pos + 4]
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        end = pos + 8 + size
+        if end > riff_end:
+            raise Rejected("truncated WebP chunk")
+        body = data[pos + 8 : end]
+        if fourcc == b"VP8X":
+            if size < 10 or vp8x is not None:
+                raise Rejected("corrupt WebP extended header")
+            vp8x = bytearray(body[:10])
+            result.width = 1 + int.from_bytes(body[4:7], "little")
+            result.height = 1 + int.from_bytes(body[7:10], "little")
+            chunks.append((fourcc, b""))  # placeholder, rebuilt below
+        elif fourcc in _WEBP_KEEP:
+            if fourcc == b"ANMF":
+                result.frames += 1
+                if result.frames > max_frames + 1:
+                    raise Rejected("animation exceeds the frame limit")
+            if fourcc == b"VP8 " and size >= 10 and not result.width:
+                result.width = struct.unpack("<H", body[6:8])[0] & 0x3FFF
+                result.height = struct.unpack("<H", body[8:10])[0] & 0x3FFF
+            if fourcc == b"VP8L" and size >= 5 and not result.width:
+                bits = int.from_bytes(body[1:5], "little")
+                result.width = (bits & 0x3FFF) + 1
+                result.height = ((bits >> 14) & 0x3FFF) + 1
+            chunks.append((fourcc, body))
+        elif fourcc == b"ICCP":
+            try:
+                cleaned, changed = clean_icc(body)
+                if changed:
+                    _note(result.removed, "icc.free_text")
+                chunks.append((fourcc, cleaned))
+            except ValueError:
+                _note(result.removed, "icc.unreadable")
+        elif fourcc == b"EXIF":
+            _note(result.removed, "exif")
+            blob = body[6:] if body.startswith(b"Exif\x00\x00") else body
+            try:
+                got = exif_mod.read_exif(blob)
+                result.captured_at = got.captured_at
+                for cat in sorted(got.categories):
+                    _note(result.removed, cat)
+            except (ValueError, struct.error):
+                _note(result.removed, "exif.unreadable")
+        elif fourcc == b"XMP ":
+            _note(result.removed, "xmp")
+        else:
+            _note(result.removed, "webp.chunk")
+        pos = end + (size & 1)
+    if result.frames > 1:
+        result.frames -= 1
+    if riff_end < len(data):
+        _note(result.removed, "trailer")
+    if result.width * result.height > max_pixels:
+        raise Rejected("image exceeds the pixel limit")
+    if result.width == 0:
+        raise Rejected("WebP without image data")
+    has_icc = any(c == b"ICCP" for c, _ in chunks)
+    parts = []
+    for fourcc, body in chunks:
+        if fourcc == b"VP8X" and vp8x is not None:
+            vp8x[0] &= ~(0x08 | 0x04) & 0xFF
+            if not has_icc:
+                vp8x[0] &= ~0x20 & 0xFF
+            body = bytes(vp8x)
+        parts.append(
+            fourcc + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
+        )
+    payload = b"WEBP" + b"".join(parts)
+    result.output = b"RIFF" + struct.pack("<I", len(payload)) + payload
+    return result
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    n = len(data)
+    while True:
+        if pos >= n:
+            raise Rejected("truncated GIF data block")
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            return pos
+
+
+def scrub_gif(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScrub:
+    if len(data) < 13 or data[:6] not in (b"GIF87a", b"GIF89a"):
+        raise Rejected("not a GIF stream")
+    result = ContainerScrub(b"")
+    result.width, result.height = struct.unpack("<HH", data[6:10])
+    if result.width * result.height > max_pixels:
+        raise Rejected("image exceeds the pixel limit")
+    flags = data[10]
+    pos = 13
+    if flags & 0x80:
+        pos += 3 * (2 << (flags & 7))
+    if pos > len(data):
+        raise Rejected("truncated GIF")
+    out = [data[:pos]]
+    frames = 0
+    while True:
+        if pos >= len(data):
+            raise Rejected("truncated GIF: no trailer")
+        block = data[pos]
+        if block == 0x3B:
+            out.append(b"\x3b")
+            pos += 1
+            break
+        if block == 0x2C:
+            if pos + 10 > len(data):
+                raise Rejected("truncated GIF image")
+            frames += 1
+            if frames > max_frames:
+                raise Rejected("animation exceeds the frame limit")
+            fw, fh = struct.unpack("<HH", data[pos + 5 : pos + 9])
+            if fw * fh > max_pixels:
+                raise Rejected("image exceeds the pixel limit")
+            iflags = data[pos + 9]
+            start = pos
+            pos += 10
+            if iflags & 0x80:
+                pos += 3 * (2 << (iflags & 7))
+            pos = _skip_sub_blocks(data, pos + 1)  # +1: LZW minimum code size
+            out.append(data[start:pos])
+        elif block == 0x21:
+            if pos + 2 > len(data):
+                raise Rejected("truncated GIF extension")
+            label = data[pos + 1]
+            start = pos
+            end = _skip_sub_blocks(data, pos + 2)
+            if label == 0xF9:
+                out.append(data[start:end])
+            elif label == 0xFF and data[pos + 3 : pos + 14] in (b"NETSCAPE2.0", b"ANIMEXTS1.0"):
+                out.append(data[start:end])  # loop count only
+            elif label == 0xFE:
+                _note(result.removed, "gif.comment")
+            elif label == 0x01:
+                _note(result.removed, "gif.plain_text")
+            elif label == 0xFF and data[pos + 3 : pos + 14] == b"XMP DataXMP":
+                _note(result.removed, "xmp")
+            else:
+                _note(result.removed, "gif.application")
+            pos = end
+        else:
+            raise Rejected("corrupt GIF block")
+    if frames == 0:
+        raise Rejected("GIF without an image")
+    if pos < len(data):
+        _note(result.removed, "trailer")
+    result.frames = frames
+    result.output = b"".join(out)
+    return result

