@@ -13,6 +13,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from clinvault_shared.observability import (
+    ObservabilityMiddleware,
+    configure_logging,
+    refresh_scrape_gauges,
+)
 from clinvault_shared.queue import CronSpec, InProcessQueue, JobSpec
 from clinvault_shared.runtime import Runtime, WorkerContext
 from clinvault_shared.settings import ConfigurationError, Settings, get_settings
@@ -33,6 +38,8 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings = settings_factory()
+        # Here rather than before uvicorn.run: uvicorn installs its own handlers at start.
+        configure_logging()
         runtime = await Runtime.create(settings, migrate_database=settings.is_sqlite)
         pool: ProcessPoolExecutor | None = None
         if runtime.queue is None:
@@ -55,12 +62,17 @@ def build_app(
         try:
             yield
         finally:
-            await runtime.close()
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            # uvicorn runs this on SIGTERM after in-flight requests finish; close the pool even
+            # if closing a client fails, so the process exits instead of hanging on children.
+            try:
+                await runtime.close()
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware)
     app.include_router(health_router())
     for router in routers:
         app.include_router(router)
@@ -104,7 +116,8 @@ def health_router() -> APIRouter:
         )
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
+    async def metrics(runtime: RuntimeDep) -> Response:
+        await refresh_scrape_gauges(runtime)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
