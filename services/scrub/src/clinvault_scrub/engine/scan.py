@@ -1,0 +1,91 @@
+"""PHI-risk analysis of one file for `clinvault scan`: what identifies a patient, not values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clinvault_scrub.engine.api import scrub
+from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
+from clinvault_scrub.engine.model import Limits, Profile
+
+CATEGORIES = (
+    "gps",
+    "timestamps",
+    "device_serials",
+    "names_free_text",
+    "thumbnails",
+    "extra_images",
+    "trailers",
+    "faces",
+    "text",
+    "barcodes",
+)
+_FROM_REMOVED = {
+    "exif.gps": "gps",
+    "exif.timestamps": "timestamps",
+    "png.time": "timestamps",
+    "exif.serial": "device_serials",
+    "exif.owner": "names_free_text",
+    "exif.free_text": "names_free_text",
+    "comment": "names_free_text",
+    "png.text": "names_free_text",
+    "iptc": "names_free_text",
+    "xmp": "names_free_text",
+    "xmp.extended": "names_free_text",
+    "gif.comment": "names_free_text",
+    "gif.plain_text": "names_free_text",
+    "tiff.free_text": "names_free_text",
+    "icc.free_text": "names_free_text",
+    "exif.thumbnail": "thumbnails",
+    "jfif.thumbnail": "thumbnails",
+    "jfxx.thumbnail": "thumbnails",
+    "heif.thumbnail": "thumbnails",
+    "mpf": "extra_images",
+    "heif.extra_images": "extra_images",
+    "heif.depth": "extra_images",
+    "tiff.sub_images": "extra_images",
+    "trailer": "trailers",
+}
+
+
+def scan_bytes(
+    data: bytes, *, detectors: bool = True, limits: Limits | None = None
+) -> dict[str, Any]:
+    """Risks in one file: {"format", "status", "reason", "risks": {category: count}}."""
+    limits = limits or Limits()
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    risks = dict.fromkeys(CATEGORIES, 0)
+    if fmt is None:
+        return {
+            "format": describe_format(data[:SNIFF_BYTES]),
+            "status": "not_an_image",
+            "reason": "",
+            "risks": risks,
+        }
+    care = scrub(data, Profile.CARE, limits=limits)
+    if not care.ok:
+        return {"format": fmt, "status": "unreadable", "reason": care.reason, "risks": risks}
+    for name in care.removed:
+        cat = _FROM_REMOVED.get(name)
+        if cat:
+            risks[cat] = 1
+    if care.captured_at is not None:
+        risks["timestamps"] = 1
+    review: list[str] = []
+    if detectors:
+        deid = scrub(data, Profile.DEIDENTIFY, limits=limits)
+        for finding in deid.findings:
+            if finding.kind == "face":
+                risks["faces"] += 1
+            elif finding.kind in ("text", "identifier"):
+                risks["text"] += 1
+            elif finding.kind == "barcode":
+                risks["barcodes"] += 1
+        review = deid.review_reasons
+    return {
+        "format": fmt,
+        "status": "at_risk" if any(risks.values()) else "clean",
+        "reason": "",
+        "risks": risks,
+        "review": review,
+    }

@@ -1,0 +1,1 @@
+"""One job per module."""
