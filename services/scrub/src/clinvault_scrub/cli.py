@@ -66,7 +66,7 @@ def _scrub_one(args: tuple[str, str, str, list[Region]]) -> dict[str, Any]:
 
 def _run_many(fn: Any, jobs: list[Any], desc: str) -> Iterator[Any]:
     """Results in input order; a process per core for many files; a bar only on a terminal."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lock; one call site
 
     workers = min(len(jobs), os.cpu_count() or 1)
     bar = tqdm(
