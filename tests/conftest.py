@@ -23,6 +23,7 @@ PG_HOST_URL = os.environ.get(
     "CLINVAULT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432"
 )
 T = TypeVar("T")
+pytest_plugins = ["tests.s3"]
 REDIS_TEST_URL = os.environ.get("CLINVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
