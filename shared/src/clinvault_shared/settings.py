@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Work untouched for this long is treated as lost and enqueued again.
     stale_work_seconds: int = Field(default=120, gt=0)
     consent_service_url: str | None = None
+    # The API key ingest presents to the consent service (a role with decisions:read).
+    consent_service_api_key: SecretStr | None = None
     public_base_url: str = "http://127.0.0.1:8000"
     environment: str = "development"
 
