@@ -134,7 +134,9 @@ def clean_icc(profile: bytes) -> tuple[bytes, bool]:
     if header[84:100] != b"\x00" * 16:
         header[84:100] = b"\x00" * 16
     out = bytes(header) + struct.pack(">I", len(tags)) + bytes(table) + bytes(blob)
-    return out, changed or out != profile
+    # Cleaning is idempotent: a clean profile comes back byte-identical, so "changed" is exact.
+    del changed
+    return out, out != profile
 
 
 def icc_is_clean(profile: bytes) -> bool:

@@ -1,0 +1,212 @@
+"""Care profile: every leak vector removed, pixels identical, orientation and colour kept."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scrub_corpus as corpus
+from PIL import Image
+
+from clinvault_scrub import Hints, Profile, describe_format, scrub, sniff_format
+from clinvault_scrub.engine import jpeg, verify
+
+LEAKY = {
+    "jpeg": corpus.leaky_jpeg,
+    "jpeg-progressive": lambda: corpus.leaky_jpeg(progressive=True),
+    "jpeg-cmyk": lambda: corpus.leaky_jpeg(cmyk=True),
+    "png": corpus.leaky_png,
+    "webp": corpus.leaky_webp,
+    "gif": corpus.leaky_gif,
+    "tiff": corpus.leaky_tiff,
+    "heif": corpus.leaky_heif,
+}
+# exiftool groups that must never appear in a care output.
+FORBIDDEN_GROUPS = (
+    "GPS",
+    "XMP",
+    "IPTC",
+    "Photoshop",
+    "MakerNotes",
+    "MPF",
+    "ExifIFD",
+    "IFD1",
+    "Ducky",
+    "JUMBF",
+    "Samsung",
+    "PNG-pHYs-text",
+    "Trailer",
+    "Comment",
+)
+
+
+@pytest.fixture(scope="module", params=sorted(LEAKY))
+def scrubbed(request: pytest.FixtureRequest) -> tuple[str, bytes, bytes]:
+    data = LEAKY[request.param]()
+    result = scrub(data, Profile.CARE)
+    assert result.ok, result.reason
+    assert result.output is not None
+    return request.param, data, result.output
+
+
+def test_no_canary_survives(scrubbed: tuple[str, bytes, bytes]) -> None:
+    kind, data, out = scrubbed
+    assert b"CANARY" in data or b"C\x00A\x00N\x00A\x00R\x00Y" in data  # the corpus really leaks
+    haystacks = [out, out.lower()]
+    if kind == "png":
+        haystacks.append(corpus.inflate_all(out))
+    for hay in haystacks:
+        for form in corpus.canary_forms("CANARY"):
+            assert form.lower() not in hay.lower(), kind
+
+
+def test_exiftool_sees_no_metadata(
+    scrubbed: tuple[str, bytes, bytes], exiftool, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    kind, _, out = scrubbed
+    path = tmp_path / "out.bin"
+    path.write_bytes(out)
+    tags = exiftool(path)
+    for key in tags:
+        group = key.split(":", 1)[0]
+        if kind == "tiff" and group == "IFD1":
+            continue  # the second page of a multi-page TIFF, not a thumbnail
+        assert not group.startswith(FORBIDDEN_GROUPS), (kind, key)
+    ifd0 = [k for k in tags if k.startswith("IFD0:")]
+    if kind.startswith("jpeg"):
+        assert ifd0 == ["IFD0:Orientation"]
+    for key, value in tags.items():
+        assert "CANARY" not in str(value), (kind, key)
+        assert not (key.endswith(":Warning") and "railer" in str(value)), (kind, value)
+
+
+@pytest.mark.parametrize(
+    "kind", ["jpeg", "jpeg-progressive", "jpeg-cmyk", "png", "webp", "gif", "tiff"]
+)
+def test_pixels_identical(kind: str) -> None:
+    data = LEAKY[kind]()
+    out = scrub(data).output
+    assert out is not None
+    a, b = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(out))
+    for frame in range(getattr(a, "n_frames", 1)):
+        a.seek(frame)
+        b.seek(frame)
+        assert np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA"))), frame
+
+
+def test_jpeg_keeps_compressed_data_bytewise() -> None:
+    data = corpus.leaky_jpeg()
+    out = scrub(data).output
+    assert out is not None
+    scan_in = [bytes(s.raw) for s in jpeg.parse(data).segments if s.marker in (0, 0xDA, 0xDB, 0xC4)]
+    scan_out = [bytes(s.raw) for s in jpeg.parse(out).segments if s.marker in (0, 0xDA, 0xDB, 0xC4)]
+    assert scan_in == scan_out
+
+
+def test_jpeg_keeps_cleaned_icc_profile() -> None:
+    out = scrub(corpus.leaky_jpeg()).output
+    assert out is not None
+    icc = Image.open(io.BytesIO(out)).info.get("icc_profile")
+    assert icc and icc[36:40] == b"acsp"
+    assert b"wtpt" in icc and b"CANARY" not in icc
+
+
+def test_care_reports_capture_time_and_removed_fields() -> None:
+    result = scrub(corpus.leaky_jpeg())
+    assert result.captured_at is not None
+    assert result.captured_at.isoformat() == "2024-05-06T07:08:09+02:00"
+    for name in (
+        "exif.gps",
+        "exif.serial",
+        "exif.owner",
+        "exif.makernote",
+        "exif.thumbnail",
+        "xmp",
+        "xmp.extended",
+        "iptc",
+        "comment",
+        "jumbf",
+        "ducky",
+        "mpf",
+        "trailer",
+        "icc.free_text",
+    ):
+        assert name in result.removed, name
+    assert result.record["profile"] == "care"
+    assert len(result.record["policy_sha256"]) == 64
+    assert "reparse" in result.record["checks"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_care_keeps_orientation(orientation: int) -> None:
+    result = scrub(corpus.leaky_jpeg(orientation=orientation))
+    assert result.output is not None
+    im = Image.open(io.BytesIO(result.output))
+    assert im.getexif().get(0x0112) == orientation
+    assert set(im.getexif()) == {0x0112}
+
+
+@pytest.mark.parametrize(
+    ("head", "fmt", "name"),
+    [
+        (b"\xff\xd8\xff\xe0", "jpeg", "JPEG"),
+        (b"\x89PNG\r\n\x1a\n", "png", "PNG"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp", "WebP"),
+        (b"GIF89a", "gif", "GIF"),
+        (b"II*\x00\x08\x00\x00\x00", "tiff", "TIFF"),
+        (b"\x00\x00\x00\x18ftypheic", "heif", "HEIF"),
+        (b"%PDF-1.7", None, "PDF"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'>", None, "SVG"),
+        (b"\x00\x00\x00\x18ftypisom", None, "MP4 video"),
+        (b"\x00\x00\x00\x14ftypqt  ", None, "QuickTime video"),
+        (b"II*\x00\x10\x00\x00\x00CR\x02\x00", None, "Canon CR2 RAW"),
+        (b"", None, "empty file"),
+    ],
+)
+def test_sniff_and_describe(head: bytes, fmt: str | None, name: str) -> None:
+    assert sniff_format(head) == fmt
+    assert describe_format(head) == name
+
+
+@pytest.mark.parametrize(
+    "head", [b"%PDF-1.4\n%...", b"<svg></svg>", b"\x00\x00\x00\x18ftypmp42xxxx"]
+)
+def test_other_types_rejected_with_detected_type(head: bytes) -> None:
+    result = scrub(head + b"\x00" * 100)
+    assert not result.ok
+    assert result.output is None
+    assert result.reason.startswith("unsupported file type: ")
+    assert describe_format(head) in result.reason
+
+
+def test_detection_ignores_the_file_name(tmp_path: Path) -> None:
+    png_bytes = corpus.leaky_png()
+    result = scrub(png_bytes)  # no name at all: content decides
+    assert result.format == "png"
+
+
+def test_verification_fails_closed_on_hint_in_bytes() -> None:
+    clean = scrub(corpus.leaky_png()).output
+    assert clean is not None
+    assert verify.check(clean, "png", allow_orientation=False, hints=["Jane Roe"]) == []
+    poisoned = clean[:-12] + struct.pack(">I", 8) + b"clNvjane roe" + clean[-12:]
+    assert verify.check(poisoned, "png", allow_orientation=False, hints=["Jane Roe"])
+
+
+def test_verification_rejects_leftover_metadata() -> None:
+    out = scrub(corpus.leaky_jpeg()).output
+    assert out is not None
+    bad = out[:2] + b"\xff\xfe\x00\x07hello" + out[2:]
+    assert jpeg.check_clean(bad, allow_orientation=True)
+    assert jpeg.check_clean(out + b"tail", allow_orientation=True)
+
+
+def test_hint_matched_output_bytes_rejects_file() -> None:
+    # A GIF whose pixel data happens to contain the hint bytes cannot be returned.
+    data = corpus.leaky_gif(frames=1)
+    result = scrub(data, hints=Hints(patient_name="GIF89a"))
+    assert not result.ok
+    assert "identifier hint" in result.reason
