@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clinvault_shared.auth import Permission, Principal, authenticate
-from clinvault_shared.errors import ClinvaultError, Unauthenticated
+from clinvault_shared.errors import ClinvaultError, ServiceUnavailable, Unauthenticated
+from clinvault_shared.faults import is_transient
 from clinvault_shared.runtime import Runtime
 
 logger = logging.getLogger("clinvault.web")
@@ -36,7 +37,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "not_found", "No such object for this tenant"),
         (409, "conflict", "The object is not in a state that allows this"),
         (410, "gone", "The content was crypto-shredded"),
+        (413, "payload_too_large", "The upload is larger than the configured limit"),
+        (415, "unsupported_media_type", "The file type is not accepted (the message names it)"),
         (422, "validation_error", "The body or parameters are invalid"),
+        (503, "unavailable", "A dependency (database, queue, blob store) is unavailable"),
     ]
 }
 
@@ -72,6 +76,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            # A database, queue or blob store outage: tell the client to retry, not "bug".
+            logger.warning("dependency unavailable: %s", type(exc).__name__)
+            return JSONResponse(
+                error_body("unavailable", ServiceUnavailable.default_message),
+                503,
+                headers={"Retry-After": "2"},
+            )
         # Log the type only: exception text may quote data (PHI) from the request.
         logger.error("unhandled %s", type(exc).__name__)
         return JSONResponse(error_body("internal_error", "internal error"), 500)

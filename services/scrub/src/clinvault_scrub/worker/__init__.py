@@ -20,8 +20,9 @@ JOBS: list[JobSpec] = [
 
 def crons() -> list[CronSpec]:
     """Periodic jobs, with the interval of the current settings."""
-    return [CronSpec(jobs.RECONCILE, reconcile,
-                     every_seconds=get_settings().reconcile_interval_seconds)]
+    return [
+        CronSpec(jobs.RECONCILE, reconcile, every_seconds=get_settings().reconcile_interval_seconds)
+    ]
 
 
 def __getattr__(name: str) -> list[CronSpec]:

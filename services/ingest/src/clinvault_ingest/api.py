@@ -1,0 +1,14 @@
+"""The ingest API's routes: images, derivatives and upload invitations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from clinvault_ingest.derivatives.endpoints import router as derivatives
+from clinvault_ingest.images.endpoints import router as images
+from clinvault_ingest.invitations.endpoints import router as invitations
+
+router = APIRouter()
+router.include_router(images)
+router.include_router(derivatives)
+router.include_router(invitations)

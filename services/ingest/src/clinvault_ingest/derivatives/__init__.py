@@ -1,0 +1,1 @@
+"""Derivatives: de-identified copies made for one authorization, reviewed before release."""

@@ -1,0 +1,1 @@
+"""Images: streaming upload, status, care-copy reads for a purpose, crypto-shred."""

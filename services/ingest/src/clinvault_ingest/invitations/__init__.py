@@ -1,0 +1,1 @@
+"""Upload invitations: a one-patient, expiring link a patient uses to send photos."""
