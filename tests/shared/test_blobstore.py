@@ -26,7 +26,12 @@ from clinvault_shared.blobstore import (
     rotate_kek_command,
 )
 from clinvault_shared.blobstore.backend import object_path
-from clinvault_shared.crypto.errors import ChunkAuthenticationFailed, DecryptionFailed
+from clinvault_shared.crypto.errors import (
+    ChunkAuthenticationFailed,
+    CryptoError,
+    DecryptionFailed,
+    MasterKeyUnavailable,
+)
 from clinvault_shared.crypto.master import LocalKeyProvider
 from clinvault_shared.crypto.pseudonym import patient_ref
 from clinvault_shared.crypto.stream import CHUNK_SIZE
@@ -457,6 +462,42 @@ async def test_restored_backup_does_not_resurrect_shredded_keys(
     assert blob.wrapped_dek is None
     assert [r.scope for r in rows.values() if r.wrapped_key is not None] == ["care"]
     assert await _read(fresh, maker, kept) == b"kept image"
+
+
+async def test_retiring_old_master_keys_bounds_what_an_old_backup_can_open(
+    blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    oid = await _put(blobs, maker, b"derivative", scope="auth:az_8")
+    async with maker() as session:
+        backup = (await session.scalars(select(ScopeKey))).one()
+        backup_wrapped, backup_version = backup.wrapped_key, backup.kek_version
+    assert backup_wrapped is not None
+    assert backup_version == 1
+    async with maker() as session, session.begin():
+        await blobs.rotate_kek(session)
+    async with maker() as session:
+        assert await blobs.retire_kek(session, keep=2) == []  # v1 is within the kept window
+        assert await blobs.retire_kek(session, keep=1) == [1]
+    # The live object still reads (its scope key is under v2)...
+    assert await _read(blobs, maker, oid) == b"derivative"
+    # ...but the scope key copied into an old backup no longer unwraps, even with the key file.
+    reopened = LocalKeyProvider.from_file(get_settings().resolved_master_key_file)
+    with pytest.raises(MasterKeyUnavailable):
+        await reopened.unwrap(
+            backup_wrapped,
+            version=backup_version,
+            context=b"clinvault/scope-key/v1\x00" + backup.id.encode(),
+        )
+
+
+async def test_retiring_is_refused_while_a_live_key_needs_the_old_version(
+    blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await _put(blobs, maker, b"x")
+    await blobs.key_provider.rotate()  # a new version, but nothing re-wrapped yet
+    async with maker() as session:
+        with pytest.raises(CryptoError, match="kek rotate"):
+            await blobs.retire_kek(session, keep=1)
 
 
 def _row(obj: Any) -> dict[str, Any]:

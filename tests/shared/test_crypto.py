@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from clinvault_shared.crypto.errors import (
     ChunkAuthenticationFailed,
+    CryptoError,
     DecryptionFailed,
     KeyUnwrapFailed,
     MalformedCiphertext,
@@ -298,3 +299,17 @@ def test_a_bad_secret_is_refused_without_echoing_it(secret: str) -> None:
 
 def test_tag_size_is_what_the_layout_promises() -> None:
     assert len(_seal(b"")) == HEADER_SIZE + TAG_SIZE
+
+
+async def test_retired_versions_are_gone_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    provider = LocalKeyProvider.from_file(path)
+    old = await provider.wrap(b"o" * 32, context=b"c")
+    await provider.rotate()
+    with pytest.raises(CryptoError):
+        await provider.retire([2])
+    assert await provider.retire([1, 7]) == [1]
+    assert LocalKeyProvider.from_file(path).versions == [2]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(MasterKeyUnavailable):
+        await LocalKeyProvider.from_file(path).unwrap(old.blob, version=1, context=b"c")

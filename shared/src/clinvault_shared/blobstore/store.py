@@ -37,6 +37,7 @@ from clinvault_shared.blobstore.errors import (
     ObjectNotFound,
 )
 from clinvault_shared.blobstore.ledger import ShredLedger
+from clinvault_shared.crypto.errors import CryptoError
 from clinvault_shared.crypto.master import (
     KeyProvider,
     key_provider_from_settings,
@@ -493,6 +494,29 @@ class EncryptedBlobStore:
                 count += 1
             await session.flush()
         return count
+
+    async def retire_kek(self, session: AsyncSession, *, keep: int = 2) -> list[int]:
+        """Destroy master key versions older than the newest `keep`; returns those destroyed.
+
+        This bounds how long a database backup can bring a shredded key back even for someone
+        holding the key file: scope keys in a backup are wrapped under versions that no longer
+        exist once retired. Refuses while a live scope key is still wrapped under such a version
+        (run `rotate_kek` first). Schedule it so `keep` rotations cover the backup retention.
+        """
+        if keep < 1:
+            raise ValueError("keep at least the current master key version")
+        current = self._keys.current_version
+        retire = list(range(1, current - keep + 1))
+        if not retire:
+            return []
+        still_used = await session.scalar(
+            select(ScopeKey.id)
+            .where(ScopeKey.wrapped_key.is_not(None), ScopeKey.kek_version.in_(retire))
+            .limit(1)
+        )
+        if still_used is not None:
+            raise CryptoError("live scope keys still use an old master key; run kek rotate first")
+        return await self._keys.retire(retire)
 
     # -- health -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -58,6 +58,10 @@ class KeyProvider(Protocol):
 
     async def rotate(self) -> int:
         """Make a new current version (older ones stay for unwrapping) and return it."""
+        ...
+
+    async def retire(self, versions: list[int]) -> list[int]:
+        """Destroy the given (non-current) versions for good; return those destroyed."""
         ...
 
 
@@ -209,12 +213,41 @@ class LocalKeyProvider:
         self._keys = await asyncio.to_thread(self._rotate_file, self._path)
         return self.current_version
 
+    async def retire(self, versions: list[int]) -> list[int]:
+        """Remove old versions from the key file; keys wrapped under them become unreadable."""
+        if self.current_version in versions:
+            raise CryptoError("the current master key version cannot be retired")
+        if self._path is None:
+            # The secret is the operator's: they remove retired versions from it themselves.
+            return []
+        before = set(self._keys)
+        self._keys = await asyncio.to_thread(self._retire_in_file, self._path, set(versions))
+        return sorted(before - set(self._keys))
+
     @classmethod
     def _rotate_file(cls, path: Path) -> dict[int, bytes]:
+        def add_version(keys: dict[int, bytes]) -> dict[int, bytes]:
+            keys[max(keys) + 1] = secrets.token_bytes(KEY_BYTES)
+            return keys
+
+        return cls._rewrite_locked(path, add_version)
+
+    @classmethod
+    def _retire_in_file(cls, path: Path, versions: set[int]) -> dict[int, bytes]:
+        def drop(keys: dict[int, bytes]) -> dict[int, bytes]:
+            newest = max(keys)
+            return {v: k for v, k in keys.items() if v == newest or v not in versions}
+
+        return cls._rewrite_locked(path, drop)
+
+    @classmethod
+    def _rewrite_locked(
+        cls, path: Path, change: Callable[[dict[int, bytes]], dict[int, bytes]]
+    ) -> dict[int, bytes]:
         lock_path = path.with_name(path.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            # Serialize rotations across processes; readers never need the lock because the
+            # Serialize rewrites across processes; readers never need the lock because the
             # file is replaced atomically with a complete copy.
             deadline = time.monotonic() + 30
             while True:
@@ -225,8 +258,7 @@ class LocalKeyProvider:
                     if time.monotonic() > deadline:
                         raise CryptoError("another master key rotation is running") from None
                     time.sleep(0.05)
-            keys = cls._read(path)
-            keys[max(keys) + 1] = secrets.token_bytes(KEY_BYTES)
+            keys = change(cls._read(path))
             tmp = _write_new_file(path, _format_keys(keys))
             try:
                 os.replace(tmp, path)
