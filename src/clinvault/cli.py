@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-from enum import StrEnum
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -146,9 +147,14 @@ def audit_verify(
 
     report = asyncio.run(verify_command(get_settings().resolved_database_url))
     if as_json:
-        typer.echo(json.dumps(report.as_dict()))
+        typer.echo(json.dumps(dataclasses.asdict(report)))
+    elif report.ok:
+        head = f"; head seq {report.head.seq} hash {report.head.hash}" if report.head else ""
+        typer.echo(f"audit chain intact: {report.chain_entries} entries{head}")
     else:
-        typer.echo(report.summary())
+        typer.echo(f"audit chain BROKEN at seq {report.first_bad_seq}:")
+        for problem in report.problems:
+            typer.echo(f"  seq {problem.seq}: {problem.kind}: {problem.message}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -156,7 +162,7 @@ def audit_verify(
 @kek_app.command("rotate")
 def kek_rotate() -> None:
     """Create a new master key version and re-wrap every live scope key under it."""
-    from clinvault_shared.crypto.master import rotate_kek_command
+    from clinvault_shared.blobstore import rotate_kek_command
 
     count = asyncio.run(rotate_kek_command(get_settings()))
     _say(f"re-wrapped {count} scope keys under the new master key version")
