@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,12 +90,12 @@ def crons() -> Sequence[CronSpec]:
     return []
 
 
-@pytest.fixture
-async def consent_api(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, crons: Sequence[CronSpec]
+@asynccontextmanager
+async def running_app(
+    url: str, monkeypatch: pytest.MonkeyPatch, crons: Sequence[CronSpec]
 ) -> AsyncIterator[ConsentApi]:
-    """The consent routes on `build_app`, embedded queue, on SQLite and on PostgreSQL."""
-    monkeypatch.setenv("CLINVAULT_DATABASE_URL", database_url)
+    """The consent routes on `build_app` with the embedded queue, on the given database."""
+    monkeypatch.setenv("CLINVAULT_DATABASE_URL", url)
     get_settings.cache_clear()
     app = build_app(
         title="clinvault consent (test)",
@@ -104,6 +105,22 @@ async def consent_api(
     )
     async with LifespanManager(app):
         yield ConsentApi(app=app, runtime=app.state.runtime)
+
+
+@pytest.fixture
+async def consent_api(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, crons: Sequence[CronSpec]
+) -> AsyncIterator[ConsentApi]:
+    """The consent app, once on SQLite and once on PostgreSQL."""
+    async with running_app(database_url, monkeypatch, crons) as api:
+        yield api
+
+
+@pytest.fixture
+async def pg_consent_api(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ConsentApi]:
+    """The consent app on PostgreSQL only (row-lock races)."""
+    async with running_app(pg_url, monkeypatch, []) as api:
+        yield api
 
 
 def authorization_body(patient_id: str, **overrides: Any) -> dict[str, Any]:

@@ -97,8 +97,8 @@ def missing_elements(draft: AuthorizationDraft, at: datetime) -> list[str]:
         problems.append("method: written or electronic signature")
     elif draft.method not in ("written", "electronic"):
         problems.append(
-            "method: a verbal agreement never makes an authorization; it must be signed "
-            "(written or electronic)"
+            "method: a verbal agreement never makes an authorization (it must be signed, "
+            "written or electronic)"
         )
     return problems
 
