@@ -78,25 +78,22 @@ def child_throughput(mb: int, repeat: int) -> dict[str, float]:
         for _ in encrypt_stream(key, pieces(), object_id="obj_bench", scope="bench"):
             pass
 
-    def best(fn: Callable[[], None]) -> float:
-        times = []
-        for _ in range(repeat):
+    paths: dict[str, Callable[[], None]] = {
+        "oneshot_round_trip_s": oneshot_round_trip,
+        "stream_round_trip_s": stream_round_trip,
+        "oneshot_into_round_trip_s": oneshot_into_round_trip,
+        "oneshot_encrypt_s": oneshot_encrypt,
+        "stream_encrypt_s": stream_encrypt,
+        "oneshot_into_encrypt_s": oneshot_into_encrypt,
+    }
+    results = dict.fromkeys(paths, float("inf"))
+    # Round-robin over the paths and keep each one's best time, so a burst of background load on
+    # the shared machine does not land on one path only.
+    for _ in range(repeat):
+        for name, fn in paths.items():
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    results: dict[str, float] = {}
-    # Interleave the two paths so background load on the shared machine hits both alike.
-    for name, fn in [
-        ("oneshot_round_trip_s", oneshot_round_trip),
-        ("stream_round_trip_s", stream_round_trip),
-        ("oneshot_encrypt_s", oneshot_encrypt),
-        ("stream_encrypt_s", stream_encrypt),
-        ("oneshot_into_round_trip_s", oneshot_into_round_trip),
-        ("oneshot_into_encrypt_s", oneshot_into_encrypt),
-    ]:
-        results[name] = best(fn)
+            results[name] = min(results[name], time.perf_counter() - start)
     return results
 
 
