@@ -110,8 +110,10 @@ def test_jpeg_keeps_cleaned_icc_profile() -> None:
     out = scrub(corpus.leaky_jpeg()).output
     assert out is not None
     icc = Image.open(io.BytesIO(out)).info.get("icc_profile")
-    assert icc and icc[36:40] == b"acsp"
-    assert b"wtpt" in icc and b"CANARY" not in icc
+    assert icc
+    assert icc[36:40] == b"acsp"
+    assert b"wtpt" in icc
+    assert b"CANARY" not in icc
 
 
 def test_care_reports_capture_time_and_removed_fields() -> None:

@@ -8,6 +8,7 @@ one pickled (status, value) pair through a pipe and leaves with os._exit.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import resource
@@ -36,6 +37,7 @@ def _vm_size() -> int:
 
 def _child(fn: Callable[..., Any], args: tuple[Any, ...], limits: Limits, wfd: int) -> None:
     try:
+        faulthandler.disable()  # a crash in the child is reported by the parent, not dumped
         # Memory: the child starts as a copy of the parent, so the cap is on top of what it has.
         cap = _vm_size() + limits.memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

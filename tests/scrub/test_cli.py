@@ -1,0 +1,184 @@
+"""`clinvault scrub` and `clinvault scan` through Typer's runner and as a module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import scrub_corpus as corpus
+import typer
+from typer.testing import CliRunner
+
+from clinvault_scrub.cli import register
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+
+    @app.command("version")
+    def _version() -> None:  # a second command keeps Typer in sub-command mode
+        typer.echo("x")
+
+    return app
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    d = tmp_path / "in"
+    d.mkdir()
+    files = {
+        "photo.jpg": corpus.leaky_jpeg(),
+        "scan.png": corpus.leaky_png(),
+        "report.pdf": b"%PDF-1.7\n" + b"x" * 100,
+        "notajpeg.jpg": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    }
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return {name: d / name for name in files}
+
+
+def test_scrub_json_lines_and_exit_codes(
+    app: typer.Typer, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    good = [str(inputs["photo.jpg"]), str(inputs["scan.png"])]
+    result = runner.invoke(app, ["scrub", *good, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["status"] for line in lines] == ["scrubbed", "scrubbed"]
+    assert lines[0]["output"] == str(out / "photo.jpg")
+    assert "exif.gps" in lines[0]["removed"]
+    assert lines[0]["record"]["profile"] == "care"
+    assert lines[0]["faces_redacted"] == 0
+    assert b"CANARY" not in (out / "photo.jpg").read_bytes()
+
+    bad = [str(inputs["report.pdf"]), str(inputs["notajpeg.jpg"]), str(inputs["photo.jpg"])]
+    result = runner.invoke(app, ["scrub", *bad, "--out", str(out), "--json"])
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert lines[0]["status"] == "rejected"
+    assert lines[0]["output"] is None
+    assert "PDF" in lines[0]["reason"]
+    assert "SVG" in lines[1]["reason"]
+    assert lines[2]["status"] == "scrubbed"
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--profile", "bogus"],
+        ["--profile", "deidentify", "--redact", "1,2,3"],
+        ["--profile", "deidentify", "--redact", "a,b,c,d:tattoo"],
+        ["--redact", "1,2,3,4"],  # regions need the deidentify profile
+    ],
+)
+def test_usage_errors_exit_2(
+    app: typer.Typer, inputs: dict[str, Path], tmp_path: Path, args: list[str]
+) -> None:
+    result = runner.invoke(
+        app, ["scrub", str(inputs["photo.jpg"]), "--out", str(tmp_path / "o"), *args]
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_deidentify_with_redact_region(
+    app: typer.Typer, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "scrub",
+            str(inputs["photo.jpg"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--profile",
+            "deidentify",
+            "--redact",
+            "10,10,50,40:birthmark",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.output)
+    regions = [f for f in line["findings"] if f["kind"] == "region"]
+    assert regions[0]["label"] == "birthmark"
+    assert regions[0]["box"] == [10, 10, 60, 50]
+
+
+def test_missing_input_is_rejected_not_a_crash(app: typer.Typer, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["scrub", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "rejected" in result.output
+
+
+def test_module_entry_point_uses_a_process_pool(inputs: dict[str, Path], tmp_path: Path) -> None:
+    files = [str(inputs["photo.jpg"]), str(inputs["scan.png"]), str(inputs["report.pdf"])]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clinvault_scrub.cli",
+            "scrub",
+            *files,
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["input"] for line in lines] == files  # input order kept
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == ""  # no progress bar when not on a terminal
+
+
+def test_scan_reports_risks_without_pixels(
+    app: typer.Typer, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    report_json, report_html = tmp_path / "r.json", tmp_path / "r.html"
+    result = runner.invoke(
+        app,
+        [
+            "scan",
+            str(inputs["photo.jpg"].parent),
+            "--json",
+            str(report_json),
+            "--html",
+            str(report_html),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_json.read_text())
+    by_path = {f["path"]: f for f in report["files"]}
+    photo = by_path["photo.jpg"]["risks"]
+    for cat in (
+        "gps",
+        "timestamps",
+        "device_serials",
+        "names_free_text",
+        "thumbnails",
+        "extra_images",
+        "trailers",
+    ):
+        assert photo[cat], cat
+    assert by_path["report.pdf"]["status"] == "not_an_image"
+    assert by_path["report.pdf"]["format"] == "PDF"
+    assert report["summary"]["at_risk"] == 2
+    page = report_html.read_text()
+    assert "<img" not in page
+    assert "data:image" not in page
+    assert "CANARY" not in page
+    assert "CANARY" not in report_json.read_text()

@@ -1,0 +1,154 @@
+"""Deidentify profile: faces, caller and keep regions, barcodes, burned-in text, orientation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import scrub_corpus as corpus
+from PIL import Image, ImageDraw, ImageFont
+from skimage import data as skdata
+
+from clinvault_scrub import Hints, Profile, Region, scrub
+from clinvault_scrub.engine import faces
+
+# The astronaut's face in scikit-image's 512x512 picture (checked by hand).
+FACE = (180, 55, 270, 180)
+
+
+def _jpeg(im: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=92, **kw)
+    return buf.getvalue()
+
+
+def _decode(out: bytes | None) -> np.ndarray:
+    assert out is not None
+    return np.asarray(Image.open(io.BytesIO(out)).convert("RGB")).astype(int)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    return Image.fromarray(skdata.astronaut())
+
+
+def test_face_on_real_photo_is_redacted(astronaut: Image.Image) -> None:
+    result = scrub(_jpeg(astronaut), Profile.DEIDENTIFY)
+    assert result.ok, result.reason
+    assert result.faces_redacted >= 1
+    x1, y1, x2, y2 = FACE
+    px = _decode(result.output)
+    assert px[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20].max() < 40  # solid fill (JPEG noise aside)
+    was_dark = np.asarray(astronaut).max(axis=2) < 10
+    newly_black = (px.max(axis=2) < 10) & ~was_dark
+    assert newly_black.mean() < 0.15  # redaction is local: most of the picture is still there
+    # The detector itself no longer sees a confident face in the output.
+    assert all(score < faces.CONFIDENT for *_, score in faces.detect(px.astype(np.uint8)))
+    assert result.record["profile"] == "deidentify"
+    face_findings = [f for f in result.findings if f.kind == "face"]
+    assert face_findings[0].score is not None
+    assert face_findings[0].score > 0.5
+
+
+def test_output_has_no_metadata_and_no_timestamps(astronaut: Image.Image) -> None:
+    data = _jpeg(astronaut, exif=corpus.full_exif(1, with_thumbnail=False))
+    result = scrub(data, Profile.DEIDENTIFY, read_text=False)
+    assert result.ok, result.reason
+    assert result.captured_at is None
+    assert result.output is not None
+    assert b"Exif" not in result.output
+    assert b"CANARY" not in result.output
+    assert "timestamps" in result.removed
+
+
+def test_keep_region_is_never_covered_and_conflict_needs_review(astronaut: Image.Image) -> None:
+    keep = Region(200, 100, 40, 40)
+    result = scrub(_jpeg(astronaut), Profile.DEIDENTIFY, keep=[keep], read_text=False)
+    assert result.ok, result.reason
+    assert result.needs_review
+    assert any(f.kind == "conflict" for f in result.findings)
+    px = _decode(result.output)
+    original = np.asarray(astronaut).astype(int)
+    kept = px[105:135, 205:235]
+    assert np.abs(kept - original[105:135, 205:235]).mean() < 12  # visible, only JPEG loss
+    assert px[60:90, 185:195].max() < 40  # the rest of the face is still covered
+
+
+def test_caller_regions_are_redacted_with_label(astronaut: Image.Image) -> None:
+    result = scrub(
+        _jpeg(astronaut),
+        Profile.DEIDENTIFY,
+        redactions=[Region(10, 300, 100, 80, "tattoo")],
+        read_text=False,
+    )
+    assert result.ok, result.reason
+    px = _decode(result.output)
+    assert px[305:375, 15:105].max() < 40
+    regions = [f for f in result.findings if f.kind == "region"]
+    assert regions[0].label == "tattoo"
+    assert regions[0].redacted
+
+
+def test_barcode_is_found_and_redacted() -> None:
+    import zxingcpp
+
+    qr = np.asarray(
+        zxingcpp.write_barcode(zxingcpp.BarcodeFormat.QRCode, "MRN0042", width=200, height=200)
+    )
+    canvas = Image.new("RGB", (640, 480), (200, 180, 160))
+    canvas.paste(Image.fromarray(qr).convert("RGB"), (300, 150))
+    result = scrub(_jpeg(canvas), Profile.DEIDENTIFY, read_text=False)
+    assert result.ok, result.reason
+    boxes = [f for f in result.findings if f.kind == "barcode"]
+    assert boxes
+    assert boxes[0].redacted
+    px = _decode(result.output)
+    x1, y1, x2, y2 = boxes[0].box or (0, 0, 0, 0)
+    assert px[y1 + 5 : y2 - 5, x1 + 5 : x2 - 5].max() < 40
+    assert not zxingcpp.read_barcodes(px.astype(np.uint8))
+
+
+def test_burned_in_text_and_identifier_hints() -> None:
+    canvas = Image.new("RGB", (900, 500), (235, 225, 215))
+    font = ImageFont.truetype("DejaVuSans.ttf", 48)
+    ImageDraw.Draw(canvas).text((60, 380), "MRN 48213377", fill=(10, 10, 10), font=font)
+    result = scrub(_jpeg(canvas), Profile.DEIDENTIFY, hints=Hints(record_number="48213377"))
+    assert result.ok, result.reason
+    assert any(f.kind == "identifier" and f.redacted for f in result.findings)
+    assert result.needs_review
+    px = _decode(result.output)
+    assert px[390:430, 70:400].mean() < 60  # the text line is filled
+    assert b"48213377" not in (result.output or b"")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_applied_before_detection(orientation: int, astronaut: Image.Image) -> None:
+    # Store the picture so that, once the tag is applied, it shows upright.
+    inverse = {
+        1: None,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }[orientation]
+    stored = astronaut.transpose(inverse) if inverse is not None else astronaut
+    data = _jpeg(stored, exif=corpus.full_exif(orientation, with_thumbnail=False))
+    result = scrub(data, Profile.DEIDENTIFY, read_text=False)
+    assert result.ok, result.reason
+    px = _decode(result.output)
+    assert px.shape[:2] == (512, 512)
+    assert result.faces_redacted >= 1
+    x1, y1, x2, y2 = FACE
+    assert px[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20].max() < 40  # same place as the upright picture
+    assert "orientation (applied to pixels)" in result.removed
+
+
+def test_missing_detector_is_flagged_never_skipped_silently(astronaut: Image.Image) -> None:
+    result = scrub(_jpeg(astronaut), Profile.DEIDENTIFY, detect_faces=False, read_text=False)
+    assert result.ok
+    assert result.needs_review
+    assert any(f.kind == "detector_unavailable" and f.label == "faces" for f in result.findings)

@@ -1,0 +1,60 @@
+"""The real sample photos in shared/samples (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clinvault_scrub import Profile, scrub
+from clinvault_scrub.engine.formats import sniff_format
+from conftest import SAMPLES
+
+FILES = (
+    sorted(
+        p
+        for p in SAMPLES.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff", ".heic", ".heif", ".png")
+    )
+    if SAMPLES.is_dir()
+    else []
+)
+pytestmark = pytest.mark.skipif(not FILES, reason=f"sample photos not present at {SAMPLES}")
+FORBIDDEN = ("GPS", "XMP", "IPTC", "Photoshop", "MakerNotes", "MPF", "ExifIFD", "Ducky")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SAMPLES)) if FILES else "")
+def test_sample_scrubbed_or_rejected_with_reason(path: Path, exiftool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = path.read_bytes()
+    result = scrub(data, Profile.CARE)
+    if not result.ok:
+        assert result.reason
+        assert result.output is None
+        return
+    out = result.output
+    assert out is not None
+    if sniff_format(data[:64]) == "jpeg":
+        a = np.asarray(Image.open(io.BytesIO(data)))
+        b = np.asarray(Image.open(io.BytesIO(out)))
+        assert np.array_equal(a, b)
+    target = tmp_path / "out"
+    target.write_bytes(out)
+    tags = exiftool(target)
+    bad = [k for k in tags if k.split(":", 1)[0].startswith(FORBIDDEN)]
+    assert not bad
+    assert not [
+        k for k in tags if k.endswith(("SerialNumber", "OwnerName", "Artist", "GPSLatitude"))
+    ]
+
+
+def test_corrupted_sample_rejected() -> None:
+    path = SAMPLES / "jpg" / "corrupted.jpg"
+    if not path.exists():
+        pytest.skip("corrupted.jpg sample absent")
+    result = scrub(path.read_bytes())
+    assert not result.ok
+    assert "JPEG" in result.reason
