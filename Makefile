@@ -33,6 +33,14 @@ lint: install
 bench: install
 	$(PY) bench/run.py
 
+# The distributed stack on this machine: local PostgreSQL and Redis, SeaweedFS, ingest, consent
+# and $(WORKERS) workers under honcho (deploy/Procfile.local). `WORKERS=4 make up`; `make down`.
+up: install
+	WORKERS=$(WORKERS) $(PY) deploy/local_stack.py up
+
+down:
+	$(PY) deploy/local_stack.py down
+
 migration: install
 	scripts/regen-initial-migration
 
