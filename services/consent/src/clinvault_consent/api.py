@@ -8,6 +8,7 @@ from clinvault_consent.authorizations.endpoints import router as authorizations_
 from clinvault_consent.compliance.endpoints import router as compliance_router
 from clinvault_consent.consents.endpoints import router as consents_router
 from clinvault_consent.decisions.endpoints import router as decisions_router
+from clinvault_consent.fhir.endpoints import router as fhir_router
 
 router = APIRouter()
 for _domain in (
@@ -15,5 +16,6 @@ for _domain in (
     authorizations_router,
     decisions_router,
     compliance_router,
+    fhir_router,
 ):
     router.include_router(_domain)
