@@ -7,8 +7,10 @@ fixture `s3_settings` starts one server for the whole run and stops it at the en
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -186,6 +188,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer
                 f"-volume.port={volume_port}",
                 f"-filer.port={filer_port}",
                 "-master.telemetry=false",
+                # The S3 gateway also opens an Iceberg catalog (8181) and a Lance namespace (9101)
+                # on fixed ports by default; two servers on one machine would collide there.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
                 "-volume.max=20",
             ],
             stdout=log_handle,
@@ -203,9 +209,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer
     finally:
         process.terminate()
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            process.kill()
+            # weed drains for ~20 s on SIGTERM; the test data is disposable, so kill our group.
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
