@@ -37,6 +37,7 @@ from clinvault_shared.crypto.pseudonym import patient_ref
 from clinvault_shared.crypto.stream import CHUNK_SIZE
 from clinvault_shared.db.models import BlobObject, ScopeKey
 from clinvault_shared.db.session import create_engine, create_sessionmaker
+from clinvault_shared.errors import Conflict
 from clinvault_shared.settings import Settings, get_settings
 
 TENANT = "tenant-a"
@@ -195,6 +196,19 @@ async def test_object_ids_must_be_random_ids(
             )  # fmt: skip
         with pytest.raises(ValueError, match="scope"):
             await blobs.put(session, tenant_id=TENANT, patient_id=PATIENT, scope="x", data=b"x")
+
+
+async def test_an_existing_object_id_is_never_overwritten(
+    blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    oid = await _put(blobs, maker, b"first")
+    async with maker() as session:
+        with pytest.raises(Conflict):
+            await blobs.put(
+                session, tenant_id=TENANT, patient_id=PATIENT, scope="care", data=b"second",
+                object_id=oid,
+            )  # fmt: skip
+    assert await _read(blobs, maker, oid) == b"first"
 
 
 async def test_caller_rollback_leaves_no_readable_object(

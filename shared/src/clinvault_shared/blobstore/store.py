@@ -10,7 +10,6 @@ caller can end its transaction before reading.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import secrets
@@ -50,6 +49,7 @@ from clinvault_shared.crypto.stream import aencrypt_stream as _aencrypt_stream
 from clinvault_shared.db.base import new_id, utcnow
 from clinvault_shared.db.models.blob_object import BlobObject
 from clinvault_shared.db.models.scope_key import ScopeKey
+from clinvault_shared.errors import Conflict
 from clinvault_shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ class EncryptedBlobStore:
         object_id = validate_object_id(object_id) if object_id else new_id("obj")
         path = object_path(object_id)
         if path_checked and await self._exists(path):
-            raise ValueError("an object with this id already exists")
+            raise Conflict("an object with this id already exists")
         ref = patient_ref(tenant_id, patient_id)
         dek = secrets.token_bytes(KEY_BYTES)
         digest = hashlib.sha256()
@@ -540,5 +540,4 @@ async def rotate_kek_command(settings: Settings) -> int:
         async with session_scope(create_sessionmaker(engine)) as session:
             return await blobs.rotate_kek(session)
     finally:
-        with contextlib.suppress(Exception):
-            await engine.dispose()
+        await engine.dispose()
