@@ -68,7 +68,8 @@ def _run_many(fn: Any, jobs: list[Any], desc: str) -> Iterator[Any]:
     """Results in input order; a process per core for many files; a bar only on a terminal."""
     from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lock; one call site
 
-    workers = min(len(jobs), os.cpu_count() or 1)
+    # The cores this process may run on (taskset, cgroup cpusets), not the machine's count.
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) or 1)
     bar = tqdm(
         total=len(jobs), desc=desc, unit="file", disable=not sys.stderr.isatty(), file=sys.stderr
     )

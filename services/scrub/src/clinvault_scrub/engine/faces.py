@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from clinvault_scrub.engine.model import FACE_CONFIDENT, FACE_DETECT_THRESHOLD
+
 _LOCK = threading.Lock()
-DETECT_THRESHOLD = 0.2  # everything above is redacted
-CONFIDENT = 0.5  # below this a detection is borderline and flags review
+DETECT_THRESHOLD = FACE_DETECT_THRESHOLD
+CONFIDENT = FACE_CONFIDENT
 
 
 class FaceDetectorUnavailable(Exception):

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# Face detection policy (kept here so the record can name it without importing numpy).
+FACE_DETECT_THRESHOLD = 0.2  # everything above is redacted
+FACE_CONFIDENT = 0.5  # below this a detection is borderline and flags review
+
 
 class Profile(enum.StrEnum):
     CARE = "care"

