@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from clinvault_ingest.common import responses
 from clinvault_ingest.images import service
-from clinvault_ingest.images.schemas import ImageAccepted, ImageStatus, UploadForm
+from clinvault_ingest.images.schemas import ImageAccepted, ImageList, ImageStatus, UploadForm
 from clinvault_shared.auth import Permission, Principal
 from clinvault_shared.web import RuntimeDep, SessionDep, require
 
@@ -67,6 +67,25 @@ async def upload_image(
         content_type=request.headers.get("content-type"),
         content_length=request.headers.get("content-length"),
         idempotency_key=idempotency_key,
+    )
+
+
+@router.get(
+    "",
+    response_model=ImageList,
+    summary="A patient's images (status, newest first)",
+    responses=responses(403, 422),
+)
+async def list_images(
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.IMAGES_READ))],
+    patient_id: Annotated[str, Query(min_length=1, max_length=128)],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[str | None, Query(max_length=40)] = None,
+) -> ImageList:
+    """List a patient's images."""
+    return await service.list_for_patient(
+        session, principal, patient_id, limit=limit, before=before
     )
 
 

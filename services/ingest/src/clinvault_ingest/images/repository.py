@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_shared.db.models import Derivative, Image
@@ -33,4 +33,23 @@ async def derivatives_of(
         .where(Derivative.tenant_id == tenant_id, Derivative.image_id == image_id)
         .with_for_update()
     )
+    return list((await session.scalars(query)).all())
+
+
+async def of_patient(
+    session: AsyncSession, *, tenant_id: str, patient_id: str, limit: int, before: str | None
+) -> list[Image]:
+    """The patient's images, newest first, a page at a time (keyset on creation time, id)."""
+    query = select(Image).where(Image.tenant_id == tenant_id, Image.patient_id == patient_id)
+    if before is not None:
+        cursor = await get(session, tenant_id=tenant_id, image_id=before)
+        if cursor is None:
+            return []
+        query = query.where(
+            or_(
+                Image.created_at < cursor.created_at,
+                and_(Image.created_at == cursor.created_at, Image.id < cursor.id),
+            )
+        )
+    query = query.order_by(Image.created_at.desc(), Image.id.desc()).limit(limit)
     return list((await session.scalars(query)).all())

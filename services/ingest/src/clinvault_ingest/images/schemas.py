@@ -69,3 +69,10 @@ class ImageStatus(BaseModel):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+
+
+class ImageList(BaseModel):
+    """A page of a patient's images; pass `next_before` as `before` for the next page."""
+
+    items: list[ImageStatus]
+    next_before: str | None = None

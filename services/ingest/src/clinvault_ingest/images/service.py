@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -12,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_ingest import common
 from clinvault_ingest.images import repository
-from clinvault_ingest.images.schemas import ImageAccepted, ImageStatus, Source, UploadForm
+from clinvault_ingest.images.schemas import (
+    ImageAccepted,
+    ImageList,
+    ImageStatus,
+    Source,
+    UploadForm,
+)
 from clinvault_ingest.multipart import MultipartReader
 from clinvault_shared import audit, jobs
 from clinvault_shared.auth import Principal
@@ -148,7 +154,36 @@ async def upload(
         )
     reader = MultipartReader(body, content_type, max_body_bytes=limit + FORM_OVERHEAD_BYTES)
     form = await _read_form(reader, uploader)
-    data = reader.iter_data()
+    return await store_file(
+        runtime,
+        session,
+        uploader,
+        form,
+        reader.iter_data(),
+        idempotency_key=idempotency_key,
+        before_commit=reader.finish,
+    )
+
+
+def portal_form(patient_id: str) -> UploadForm:
+    """The form of a patient's upload through an invitation: patient and channel are fixed."""
+    return UploadForm(patient_id=patient_id, source=Source.patient_portal)
+
+
+async def store_file(
+    runtime: Runtime,
+    session: AsyncSession,
+    uploader: Uploader,
+    form: UploadForm,
+    data: AsyncIterator[bytes],
+    *,
+    idempotency_key: str | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
+) -> ImageAccepted:
+    """Sniff, encrypt as it streams, record and enqueue one photo (the API and the portal)."""
+    limit = runtime.settings.max_upload_bytes
+    tenant_id = uploader.tenant_id
+    actor = Principal(uploader.key_id, tenant_id, "") if uploader.key_id else None
     head = await _head(data)
     detected = sniff_format(head)
     if detected is None:
@@ -187,7 +222,8 @@ async def upload(
             data=file_bytes(),
         )
         written.append(original.object_id)
-        await reader.finish()
+        if before_commit is not None:
+            await before_commit()
         hints_object_id = None
         if hints := form.hints():
             stored = await runtime.blobs.put(
@@ -477,3 +513,24 @@ async def delete(
         runtime, jobs.SHRED_IMAGE, image.id, job_id=jobs.job_id(jobs.SHRED_IMAGE, image.id)
     )
     return to_status(image)
+
+
+async def list_for_patient(
+    session: AsyncSession, principal: Principal, patient_id: str, *, limit: int, before: str | None
+) -> ImageList:
+    """The patient's images for the clinician (status only, no content); the read is audited."""
+    found = await repository.of_patient(
+        session, tenant_id=principal.tenant_id, patient_id=patient_id, limit=limit, before=before
+    )
+    await audit.record(
+        session,
+        tenant_id=principal.tenant_id,
+        actor_key_id=principal.key_id,
+        action="image.list",
+        outcome="listed",
+        patient_id=patient_id,
+        detail={"count": len(found)},
+    )
+    await session.commit()
+    next_before = found[-1].id if len(found) == limit else None
+    return ImageList(items=[to_status(image) for image in found], next_before=next_before)

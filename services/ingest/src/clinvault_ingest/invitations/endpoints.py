@@ -8,7 +8,11 @@ from fastapi import APIRouter, Depends, status
 
 from clinvault_ingest.common import responses
 from clinvault_ingest.invitations import service
-from clinvault_ingest.invitations.schemas import InvitationCreated, InvitationRequest
+from clinvault_ingest.invitations.schemas import (
+    InvitationCreated,
+    InvitationRequest,
+    InvitationRevoked,
+)
 from clinvault_shared.auth import Permission, Principal
 from clinvault_shared.web import RuntimeDep, SessionDep, require
 
@@ -30,3 +34,18 @@ async def create_invitation(
 ) -> InvitationCreated:
     """Create an upload invitation."""
     return await service.create(runtime, session, principal, body)
+
+
+@router.post(
+    "/{invitation_id}/revoke",
+    response_model=InvitationRevoked,
+    summary="Revoke a patient upload link",
+    responses=responses(403, 404),
+)
+async def revoke_invitation(
+    invitation_id: str,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.INVITATIONS_WRITE))],
+) -> InvitationRevoked:
+    """Revoke an upload invitation."""
+    return await service.revoke(session, principal, invitation_id)

@@ -40,3 +40,13 @@ async def release_slot(session: AsyncSession, invitation_id: str) -> None:
         .values(used_files=UploadInvitation.used_files - 1)
         .execution_options(synchronize_session=False)
     )
+
+
+async def get(
+    session: AsyncSession, *, tenant_id: str, invitation_id: str
+) -> UploadInvitation | None:
+    """One invitation of this tenant."""
+    query = select(UploadInvitation).where(
+        UploadInvitation.id == invitation_id, UploadInvitation.tenant_id == tenant_id
+    )
+    return (await session.scalars(query)).one_or_none()

@@ -12,7 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clinvault_ingest.images import service as images
 from clinvault_ingest.images.schemas import ImageAccepted, Source
 from clinvault_ingest.invitations import repository
-from clinvault_ingest.invitations.schemas import InvitationCreated, InvitationRequest
+from clinvault_ingest.invitations.schemas import (
+    InvitationCreated,
+    InvitationRequest,
+    InvitationRevoked,
+)
 from clinvault_shared import audit
 from clinvault_shared.auth import Principal
 from clinvault_shared.db.base import new_id, utcnow
@@ -38,6 +42,7 @@ async def create(
         token_hash=hash_token(token),
         expires_at=utcnow() + timedelta(minutes=request.expires_in_minutes),
         max_files=request.max_files,
+        requested_by=request.requested_by,
         created_by_key_id=principal.key_id,
     )
     session.add(invitation)
@@ -112,3 +117,28 @@ async def upload_with_token(
         await repository.release_slot(session, invitation.id)
         await session.commit()
         raise
+
+
+async def revoke(
+    session: AsyncSession, principal: Principal, invitation_id: str
+) -> InvitationRevoked:
+    """Revoke a link at once (another tenant's link answers 404)."""
+    invitation = await repository.get(
+        session, tenant_id=principal.tenant_id, invitation_id=invitation_id
+    )
+    if invitation is None:
+        raise NotFound("no such upload invitation")
+    if invitation.revoked_at is None:
+        invitation.revoked_at = utcnow()
+        await audit.record(
+            session,
+            tenant_id=principal.tenant_id,
+            actor_key_id=principal.key_id,
+            action="invitation.revoke",
+            outcome="revoked",
+            object_id=invitation.id,
+            patient_id=invitation.patient_id,
+        )
+    revoked_at = invitation.revoked_at
+    await session.commit()
+    return InvitationRevoked(id=invitation.id, revoked_at=revoked_at)
