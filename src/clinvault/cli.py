@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from clinvault_shared.settings import ConfigurationError, get_settings
-
+# Imports below the top are deliberate: `clinvault scrub` must not pay for pydantic settings,
+# asyncio, SQLAlchemy or the web stack it never uses (process start-up dominates a small batch).
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,8 +61,11 @@ T = TypeVar("T")
 
 async def _with_session(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `action` in one committed transaction (migrating the embedded SQLite file first)."""
+    import asyncio
+
     from clinvault_shared.db import migrate
     from clinvault_shared.db.session import create_engine, create_sessionmaker
+    from clinvault_shared.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,8 @@ def keys_create(
     label: Annotated[str | None, typer.Option(help="A note for operators (no PHI).")] = None,
 ) -> None:
     """Create an API key and print it alone on stdout, once."""
+    import asyncio
+
     from clinvault_shared.auth import create_key
     from clinvault_shared.errors import ClinvaultError
 
@@ -106,6 +111,8 @@ def keys_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
 ) -> None:
     """List keys (ids, tenants, roles, state; never the secrets)."""
+    import asyncio
+
     from clinvault_shared.auth import list_keys
 
     keys = asyncio.run(_with_session(lambda s: list_keys(s, tenant)))
@@ -117,6 +124,8 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (key_...).")]) -> None:
     """Revoke a key; requests with it answer 401 from now on."""
+    import asyncio
+
     from clinvault_shared.auth import revoke_key
     from clinvault_shared.errors import ClinvaultError
 
@@ -131,6 +140,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (key_...)
 def db_upgrade() -> None:
     """Apply the migrations to the configured database."""
     from clinvault_shared.db import migrate
+    from clinvault_shared.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +153,10 @@ def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check the audit hash chain; exit 1 and say where when it is broken."""
+    import asyncio
+
     from clinvault_shared.audit import verify_command
+    from clinvault_shared.settings import get_settings
 
     report = asyncio.run(verify_command(get_settings().resolved_database_url))
     if as_json:
@@ -162,10 +175,44 @@ def audit_verify(
 @kek_app.command("rotate")
 def kek_rotate() -> None:
     """Create a new master key version and re-wrap every live scope key under it."""
+    import asyncio
+
     from clinvault_shared.blobstore import rotate_kek_command
+    from clinvault_shared.settings import get_settings
 
     count = asyncio.run(rotate_kek_command(get_settings()))
     _say(f"re-wrapped {count} scope keys under the new master key version")
+
+
+@kek_app.command("retire")
+def kek_retire(
+    keep: Annotated[int, typer.Option(help="Master key versions to keep (newest first).")] = 2,
+) -> None:
+    """Destroy old master key versions, so old database backups cannot open shredded keys."""
+    import asyncio
+
+    from clinvault_shared.blobstore import EncryptedBlobStore
+    from clinvault_shared.settings import get_settings
+
+    blobs = EncryptedBlobStore.from_settings(get_settings())
+    try:
+        retired = asyncio.run(_with_session(lambda s: blobs.retire_kek(s, keep=keep)))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _say(f"retired master key versions: {', '.join(map(str, retired)) or 'none'}")
+
+
+@db_app.command("reconcile-shreds")
+def db_reconcile_shreds() -> None:
+    """After restoring a database backup: destroy again every key the shred ledger lists."""
+    import asyncio
+
+    from clinvault_shared.blobstore import EncryptedBlobStore
+    from clinvault_shared.settings import get_settings
+
+    blobs = EncryptedBlobStore.from_settings(get_settings())
+    count = asyncio.run(_with_session(blobs.reconcile_shreds))
+    _say(f"re-destroyed {count} keys that the restored database still held")
 
 
 class ServeTarget(StrEnum):
@@ -189,6 +236,7 @@ def serve(
     import uvicorn
 
     from clinvault import composition
+    from clinvault_shared.settings import get_settings
 
     settings = get_settings()
     if target is not ServeTarget.all and not settings.redis_url:
@@ -207,6 +255,8 @@ def serve(
 
 
 def _bootstrap_admin() -> None:
+    import asyncio
+
     from clinvault_shared.auth import create_key, list_keys
 
     async def action(session: AsyncSession) -> IssuedKey | None:
@@ -250,6 +300,10 @@ _register_scrub_commands()
 def main() -> None:
     try:
         app()
-    except ConfigurationError as exc:
+    except Exception as exc:
+        # Settings are imported lazily: if the module was never loaded, this is not its error.
+        settings = sys.modules.get("clinvault_shared.settings")
+        if settings is None or not isinstance(exc, settings.ConfigurationError):
+            raise
         _say(f"error: {exc}")
         raise SystemExit(2) from None

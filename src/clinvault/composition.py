@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
 
 from clinvault_shared.app import build_app
+from clinvault_shared.observability import configure_logging, instrument_job, start_metrics_server
 from clinvault_shared.queue import CronSpec, JobSpec, arq_worker_settings
 from clinvault_shared.runtime import Runtime
 from clinvault_shared.settings import get_settings
+
+logger = logging.getLogger("clinvault.worker")
 
 
 def all_jobs() -> tuple[list[JobSpec], list[CronSpec]]:
@@ -18,10 +22,8 @@ def all_jobs() -> tuple[list[JobSpec], list[CronSpec]]:
     from clinvault_consent import jobs as consent_jobs
     from clinvault_scrub import worker as scrub_worker
 
-    return (
-        [*scrub_worker.JOBS, *consent_jobs.JOBS],
-        [*scrub_worker.CRONS, *consent_jobs.CRONS],
-    )
+    jobs = [instrument_job(spec) for spec in (*scrub_worker.JOBS, *consent_jobs.JOBS)]
+    return jobs, [*scrub_worker.CRONS, *consent_jobs.CRONS]
 
 
 def create_all_app() -> FastAPI:
@@ -55,6 +57,16 @@ def create_consent_app() -> FastAPI:
 
 async def _worker_startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
+    configure_logging()
+    if settings.worker_metrics_port:
+        try:
+            start_metrics_server(settings.worker_metrics_port)
+        except OSError:
+            # Several workers on one host (make up): the first one serves the port.
+            logger.warning(
+                "metrics port %d is busy; this worker serves no /metrics",
+                settings.worker_metrics_port,
+            )
     ctx["runtime"] = await Runtime.create(settings)
     ctx["cpu_pool"] = ProcessPoolExecutor(max_workers=settings.worker_concurrency)
 
@@ -79,4 +91,5 @@ def worker_settings() -> dict[str, Any]:
         on_startup=_worker_startup,
         on_shutdown=_worker_shutdown,
         concurrency=settings.worker_concurrency,
+        shutdown_grace_seconds=settings.worker_shutdown_grace_seconds,
     )

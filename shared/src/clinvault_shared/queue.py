@@ -207,6 +207,7 @@ def arq_worker_settings(
     on_startup: Callable[[dict[str, Any]], Awaitable[None]],
     on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
     concurrency: int,
+    shutdown_grace_seconds: int = 30,
 ) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` running `jobs` and `crons` (the arq side of the seam)."""
     from arq import cron as arq_cron
@@ -258,7 +259,11 @@ def arq_worker_settings(
         "on_shutdown": on_shutdown,
         "max_jobs": concurrency,
         "handle_signals": True,
+        # arq polls Redis for work; its 0.5 s default caps each job slot near two jobs a second.
+        "poll_delay": 0.05,
+        # On SIGTERM running jobs get this long to finish before they are cancelled (and, being
+        # idempotent, run again elsewhere); the reconciler covers a SIGKILL.
+        "job_completion_wait": shutdown_grace_seconds,
         "job_timeout": max((spec.timeout_seconds for spec in jobs), default=300),
-        # On SIGTERM arq lets running jobs finish; a killed job's row goes to the reconciler.
         "allow_abort_jobs": False,
     }

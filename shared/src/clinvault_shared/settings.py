@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(default=30, gt=0)
     # Work untouched for this long is treated as lost and enqueued again.
     stale_work_seconds: int = Field(default=120, gt=0)
+    # Workers serve /metrics on this port (0: off); APIs serve it on their own port.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
+    worker_shutdown_grace_seconds: int = Field(default=30, ge=0)
     consent_service_url: str | None = None
     # The API key ingest presents to the consent service (a role with decisions:read).
     consent_service_api_key: SecretStr | None = None
