@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_shared.db.models import Authorization, Consent, Image
 from clinvault_shared.errors import ServiceUnavailable
+from clinvault_shared.observability import count_decision
 from clinvault_shared.settings import Settings
 
 # httpx logs every request URL at INFO; decision URLs carry the patient id in the query string,
@@ -200,6 +201,35 @@ async def decide(
     authorization_id: str | None = None,
     at: datetime | None = None,
     hold: bool = False,
+) -> Decision:
+    """Whether `purpose` is permitted for this patient (and image) at `at` (default now), and why.
+
+    See `_decide`; this wrapper counts the outcome for the metrics (no other label).
+    """
+    decision = await _decide(
+        session,
+        tenant_id=tenant_id,
+        patient_id=patient_id,
+        purpose=purpose,
+        image_id=image_id,
+        authorization_id=authorization_id,
+        at=at,
+        hold=hold,
+    )
+    count_decision("permit" if decision.permit else "deny")
+    return decision
+
+
+async def _decide(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    patient_id: str,
+    purpose: str,
+    image_id: str | None,
+    authorization_id: str | None,
+    at: datetime | None,
+    hold: bool,
 ) -> Decision:
     """Whether `purpose` is permitted for this patient (and image) at `at` (default now), and why.
 

@@ -50,6 +50,7 @@ from clinvault_shared.db.base import new_id, utcnow
 from clinvault_shared.db.models.blob_object import BlobObject
 from clinvault_shared.db.models.scope_key import ScopeKey
 from clinvault_shared.errors import Conflict
+from clinvault_shared.observability import count_shred
 from clinvault_shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -356,6 +357,7 @@ class EncryptedBlobStore:
             blob.destroyed_at = utcnow()
         blob.wrapped_dek = None
         await session.flush()
+        count_shred("object_key")
         await self._delete_quietly(object_path(object_id))
 
     async def _shred_scope_key(self, session: AsyncSession, row: ScopeKey) -> int:
@@ -374,6 +376,7 @@ class EncryptedBlobStore:
             .execution_options(synchronize_session=False)
         )
         await session.flush()
+        count_shred("scope_key")
         return int(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
 
     async def destroy_scope_key(self, session: AsyncSession, scope_key_id: str) -> int:
