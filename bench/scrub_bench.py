@@ -1,6 +1,6 @@
 """Scrub engine benchmark: care vs exiftool vs cp, deidentify per image, peak memory at 48 MP.
 
-    .venv/bin/python bench/scrub_bench.py [--quick] [--write-docs]
+    .venv/bin/python bench/scrub_bench.py [--quick] [--repeat N] [--write-docs]
 
 Generates a corpus of phone-like JPEGs with full metadata (EXIF with GPS, serials and a
 thumbnail, XMP, ICC with free text, MPF-style secondary image and trailer), then times whole
@@ -115,10 +115,15 @@ def make_corpus(root: Path, n12: int, n48: int) -> list[Path]:
     return files
 
 
-def timed(cmd: list[str], **kw: object) -> float:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
-    return time.perf_counter() - start
+    proc = subprocess.run(
+        cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in (0, 1) or b"Traceback" in proc.stderr:
+        raise SystemExit(f"{cmd[0]} failed: {proc.stderr.decode(errors='replace')[-500:]}")
+    return elapsed
 
 
 def one_core(cmd: list[str]) -> list[str]:
@@ -143,6 +148,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="8 x 12 MP + 2 x 48 MP instead of 40 + 10")
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="side-by-side timing rounds (each reported)"
+    )
     args = ap.parse_args()
     n12, n48 = (8, 2) if args.quick else (40, 10)
     sys.path.insert(0, str(ROOT / "services" / "scrub" / "src"))
@@ -156,7 +164,7 @@ def main() -> None:
             f"corpus: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.0f} MB, "
             f"{time.perf_counter() - t0:.1f}s to generate"
         )
-        results: dict[str, float] = {}
+        runs: dict[str, list[float]] = {}
 
         def fresh(name: str) -> Path:
             d = Path(tmp) / name
@@ -165,22 +173,56 @@ def main() -> None:
             return d
 
         names = [str(f) for f in files]
-        out = fresh("cp")
-        results["cp (1 core)"] = timed(one_core(["cp", *names, str(out)]))
-        if shutil.which("exiftool"):
-            out = fresh("exiftool")
-            results["exiftool -all= (1 core)"] = timed(
-                one_core(["exiftool", "-all=", "-o", f"{out}/", str(src)])
+        clinvault = str(Path(PY).parent / "clinvault")
+        exif_out = None
+        care_entries = (
+            ("clinvault scrub --profile care", [clinvault, "scrub"]),
+            (
+                "python -m clinvault_scrub.cli scrub (no Typer group)",
+                [PY, "-m", "clinvault_scrub.cli", "scrub"],
+            ),
+        )
+        # An installed package has compiled bytecode; this machine's environment sets
+        # PYTHONDONTWRITEBYTECODE and the venv holds none, so every process would compile
+        # Typer, pydantic and the engine from source. Cache bytecode outside the tree (one
+        # untimed warm-up run) and time with it; one row shows the cold case too.
+        warm_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        warm_env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+        for _, entry in care_entries:
+            timed(
+                [*entry, "--profile", "care", names[0], "--out", str(fresh("warm"))], env=warm_env
             )
-            exif_out = out
-        else:
-            exif_out = None
-        out = fresh("care1")
-        care_cmd = [PY, "-m", "clinvault_scrub.cli", "scrub", *names, "--out", str(out), "--json"]
-        results["clinvault care (1 core)"] = timed(one_core(care_cmd))
-        out = fresh("care")
-        care_cmd[-2] = str(out)
-        results[f"clinvault care ({os.cpu_count()} cores)"] = timed(care_cmd)
+        for _ in range(max(1, args.repeat)):
+            out = fresh("cp")
+            runs.setdefault("cp (1 core)", []).append(timed(one_core(["cp", *names, str(out)])))
+            if shutil.which("exiftool"):
+                out = fresh("exiftool")
+                runs.setdefault("exiftool -all= (1 core)", []).append(
+                    timed(one_core(["exiftool", "-all=", "-o", f"{out}/", str(src)]))
+                )
+                exif_out = out
+            for label, entry in care_entries:
+                out = fresh("care1")
+                cmd = [*entry, "--profile", "care", *names, "--out", str(out), "--json"]
+                runs.setdefault(f"{label} (1 core)", []).append(timed(one_core(cmd), env=warm_env))
+            out = fresh("care")
+            cmd = [clinvault, "scrub", "--profile", "care", *names, "--out", str(out), "--json"]
+            runs.setdefault(f"clinvault scrub --profile care ({os.cpu_count()} cores)", []).append(
+                timed(cmd, env=warm_env)
+            )
+            out = fresh("care1")
+            cmd = [clinvault, "scrub", "--profile", "care", *names, "--out", str(out), "--json"]
+            runs.setdefault(
+                "clinvault scrub --profile care (1 core, no cached bytecode)", []
+            ).append(timed(one_core(cmd)))
+        results = {k: statistics.median(v) for k, v in runs.items()}
+        # The engine alone, in this process (no start-up): what the per-file work costs.
+        datas = [f.read_bytes() for f in files]
+        t = time.perf_counter()
+        for data in datas:
+            scrub(data, Profile.CARE)
+        engine_s = time.perf_counter() - t
+        del datas
 
         # Checks on the care output: leaks, pixels, orientation.
         leaks = sum(b"BENCHCANARY" in (out / f.name).read_bytes() for f in files)
@@ -226,7 +268,15 @@ def main() -> None:
         mem_deid = peak_memory(big, "deidentify") if big else None
 
     n = len(files)
-    lines = [f"| {k} | {v:.2f} s | {n / v:.0f} images/s |" for k, v in results.items()]
+    lines = [
+        f"| {k} | {' / '.join(f'{v:.2f}' for v in vs)} s | "
+        f"{' / '.join(f'{n / v:.0f}' for v in vs)} images/s |"
+        for k, vs in runs.items()
+    ]
+    lines.append(
+        f"| care engine in-process, no start-up (1 process) | {engine_s:.2f} s | "
+        f"{n / engine_s:.0f} images/s |"
+    )
     cpu = _cpu_model()
     report = [
         "## Scrub engine",
@@ -239,7 +289,8 @@ def main() -> None:
         "trailer with a secondary image), generated by `bench/scrub_bench.py`"
         + (" (`--quick` run)." if args.quick else "."),
         "",
-        "| tool (same files, one run) | wall time | throughput |",
+        f"| tool (same files; {len(next(iter(runs.values())))} rounds, side by side) "
+        "| wall time per round | throughput per round |",
         "| --- | --- | --- |",
         *lines,
         "",
@@ -256,25 +307,36 @@ def main() -> None:
         "- `deidentify`, median per 12 MP image on one core: "
         f"{statistics.median(per_no_ocr) * 1000:.0f} ms with face and barcode detection, "
         f"{statistics.median(per_full) * 1000:.0f} ms including tesseract OCR "
-        f"(decode in the sandbox child, detection copy via `draft()`, JPEG re-encode).",
+        "(in one warm process: care scrub, one decode in the sandbox child into shared memory, "
+        "a reduced copy for zxing and a 640 px copy for CenterFace, redaction in place, one "
+        "JPEG q90 encode, output check; the OCR figure adds tesseract on a 2000 px copy). "
+        f"Half of the files carry Orientation 6 (rotated while decoding).",
         f"- mat2 on the same 12 MP files: {mat2_time * 1000:.0f} ms per image."
         if mat2_time
         else "- mat2: not measured (its PyPI package needs PyGObject and GdkPixbuf)",
         f"- Peak memory for one 48 MP image (VmHWM of a fresh process): care {mem_care[0]:.0f} MB "
         f"(no decode, no child); deidentify {mem_deid[0]:.0f} MB in the worker plus "
-        f"{mem_deid[1]:.0f} MB max RSS in the sandboxed decoder child."
+        f"{mem_deid[1]:.0f} MB max RSS in the sandboxed decoder child. The two overlap: the "
+        "192 MB of shared pixel memory (4 bytes a pixel) and the pages the child inherits at "
+        "fork are counted in both."
         if mem_care and mem_deid
         else "",
         "",
-        "Against the issue's targets: care on one core runs at "
-        + _ratio(results, "clinvault care (1 core)", "exiftool -all= (1 core)")
+        "Against the issue's targets (one core): `clinvault scrub --profile care` runs at "
+        + _ratio(results, "clinvault scrub --profile care (1 core)", "exiftool -all= (1 core)")
         + " of exiftool's throughput (target 2x) and "
-        + _ratio(results, "clinvault care (1 core)", "cp (1 core)")
-        + " of cp's (target 1/1.5); the engine alone scrubs a 12 MP file in about 10 ms and "
-        "a 48 MP "
-        "file in about 40 ms in-process, the rest is process start-up and per-file CLI work. "
-        "deidentify misses the 250 ms median: the full 12 MP decode and re-encode alone take about "
-        "as long, and barcode reading on a 2000 px copy adds about 250 ms.",
+        + _ratio(results, "clinvault scrub --profile care (1 core)", "cp (1 core)")
+        + " of cp's (target 0.67x); the module entry point without Typer runs at "
+        + _ratio(
+            results,
+            "python -m clinvault_scrub.cli scrub (no Typer group) (1 core)",
+            "exiftool -all= (1 core)",
+        )
+        + " of exiftool's. deidentify median "
+        f"{statistics.median(per_no_ocr) * 1000:.0f} ms against the 250 ms target; "
+        f"48 MP peak {mem_deid[0] if mem_deid else 0:.0f} MB worker / "
+        f"{mem_deid[1] if mem_deid else 0:.0f} MB decoder child against 400 MB. "
+        "See the notes below for what is left and why.",
         "",
     ]
     text = "\n".join(report)

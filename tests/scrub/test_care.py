@@ -212,3 +212,44 @@ def test_hint_matched_output_bytes_rejects_file() -> None:
     result = scrub(data, hints=Hints(patient_name="GIF89a"))
     assert not result.ok
     assert "identifier hint" in result.reason
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_scan_runs_match_a_full_reparse(progressive: bool) -> None:
+    """The runs the output check skips are exactly the ones a full search finds."""
+    buf = io.BytesIO()
+    corpus.photo(640, 480).save(buf, "JPEG", quality=85, progressive=progressive)
+    src = buf.getvalue()
+    body = src[2:]
+    leaky = src[:2] + b"\xff\xfe\x00\x06note" + body  # a comment to shift the offsets
+    j = jpeg.scrub_care(leaky, max_pixels=10**8)
+    full = jpeg.parse(j.output)
+    offsets, found = 0, {}
+    for seg in full.segments:
+        if seg.marker == 0:
+            found[offsets] = len(seg.raw)
+        offsets += len(seg.raw)
+    assert j.scan_runs == found
+    assert len(found) > 1 if progressive else len(found) == 1
+    assert jpeg.check_clean(j.output, allow_orientation=True, known_runs=j.scan_runs) == []
+
+
+def test_known_runs_are_checked_not_trusted_blindly() -> None:
+    j = jpeg.scrub_care(corpus.leaky_jpeg(), max_pixels=10**8)
+    (start, length), *_ = j.scan_runs.items()
+    # A run that does not end on a marker, or a header where the run should start: rejected.
+    assert jpeg.check_clean(j.output, allow_orientation=True, known_runs={start: length - 1})
+    # Metadata after the entropy-coded data is still found by the re-parse.
+    out = j.output
+    cut = start + length
+    bad = out[:cut] + b"\xff\xfe\x00\x07hello" + out[cut:]
+    assert jpeg.check_clean(bad, allow_orientation=True, known_runs=j.scan_runs)
+    assert jpeg.check_clean(out + b"tail", allow_orientation=True, known_runs=j.scan_runs)
+
+
+def test_engine_version_matches_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    from clinvault_scrub.engine.record import engine_version
+
+    assert engine_version() == version("clinvault-scrub")

@@ -120,7 +120,7 @@ def test_missing_input_is_rejected_not_a_crash(app: typer.Typer, tmp_path: Path)
     assert "rejected" in result.output
 
 
-def test_module_entry_point_uses_a_process_pool(inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_module_entry_point_keeps_input_order(inputs: dict[str, Path], tmp_path: Path) -> None:
     files = [str(inputs["photo.jpg"]), str(inputs["scan.png"]), str(inputs["report.pdf"])]
     proc = subprocess.run(
         [
@@ -182,3 +182,22 @@ def test_scan_reports_risks_without_pixels(
     assert "data:image" not in page
     assert "CANARY" not in page
     assert "CANARY" not in report_json.read_text()
+
+
+def test_scrub_help_lists_every_option(app: typer.Typer) -> None:
+    result = runner.invoke(app, ["scrub", "--help"])
+    assert result.exit_code == 0
+    for option in ("--out", "--profile", "--redact", "--json"):
+        assert option in result.output
+
+
+def test_process_pool_only_for_batches_worth_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clinvault_scrub import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert cli._workers(3, 16) == 1  # a small care batch runs in this process
+    assert cli._workers(40, 16) == 2
+    assert cli._workers(1000, 16) == 4
+    assert cli._workers(3, 1) == 3  # deidentify: a process per file, up to the cores
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda _pid: {0})
+    assert cli._workers(1000, 1) == 1  # one core: never a pool

@@ -10,7 +10,7 @@ import scrub_corpus as corpus
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data as skdata
 
-from clinvault_scrub import Hints, Profile, Region, scrub
+from clinvault_scrub import Hints, Limits, Profile, Region, scrub
 from clinvault_scrub.engine import faces
 
 # The astronaut's face in scikit-image's 512x512 picture (checked by hand).
@@ -152,3 +152,41 @@ def test_missing_detector_is_flagged_never_skipped_silently(astronaut: Image.Ima
     assert result.ok
     assert result.needs_review
     assert any(f.kind == "detector_unavailable" and f.label == "faces" for f in result.findings)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_decoder_orients_in_strips_like_pillow(
+    orientation: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder writes oriented strips to the memfd; the result must equal a whole transpose."""
+    import mmap
+    import os
+
+    from PIL import ImageOps
+
+    from clinvault_scrub.engine import decode
+
+    monkeypatch.setattr(decode, "_STRIP_BYTES", 4 * 97 * 7)  # uneven strips, several of them
+    rng = np.random.default_rng(orientation)
+    stored = Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged = io.BytesIO()
+    stored.save(tagged, "PNG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(tagged.getvalue()))))
+    fd = os.memfd_create("test-pixels")
+    try:
+        got = decode.decode_display(tagged.getvalue(), Limits(), fd, 40)
+        assert (got.width, got.height) == expected.shape[1::-1]
+        with mmap.mmap(fd, got.width * got.height * 4) as mm:
+            px = np.frombuffer(mm, dtype=np.uint8).reshape(got.height, got.width, 4)
+            assert np.array_equal(px[:, :, :3], expected)
+            del px
+        det = np.frombuffer(got.det_pixels, dtype=np.uint8)
+        assert det.reshape(got.det_height, got.det_width, 3).shape[1::-1] == (
+            got.det_width,
+            got.det_height,
+        )
+        assert (got.det_width > got.det_height) == (got.width > got.height)
+    finally:
+        os.close(fd)

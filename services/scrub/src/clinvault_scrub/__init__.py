@@ -13,6 +13,10 @@ from clinvault_scrub.engine import (
     sniff_format,
 )
 
+# Kept equal to the version in services/scrub/pyproject.toml (a test compares them): reading it
+# through importlib.metadata costs about 20 ms per process, a tenth of a care batch.
+__version__ = "0.1.0"
+
 __all__ = [
     "Finding",
     "Hints",

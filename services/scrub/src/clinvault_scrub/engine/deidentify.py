@@ -15,11 +15,14 @@ import numpy as np
 
 from clinvault_scrub.engine import barcodes, faces, ocr
 from clinvault_scrub.engine.decode import Decoded, decode_display
-from clinvault_scrub.engine.model import Finding, Limits, Region
+from clinvault_scrub.engine.model import Finding, Limits, Region, Rejected
 from clinvault_scrub.engine.sandbox import run_limited
 
 DET_SIDE = 640  # long side of the face-detection copy
-TEXT_SIDE = 2000  # long side of the copy OCR and barcode reading see
+# Barcodes are read on the decoder's reduced copy (long side at least this: 1/4 of a 12 MP and
+# 1/8 of a 48 MP phone photo); zxing finds wristband and label codes at that size.
+BARCODE_SIDE = 1000
+TEXT_SIDE = 2000  # long side of the copy OCR sees (small burned-in text needs the pixels)
 FACE_MARGIN = 0.15
 LARGE_FACE_SHARE = 0.2
 OCR_REDACT_CONF = 60.0
@@ -83,31 +86,42 @@ def run(
 
     memfd = os.memfd_create("clinvault-pixels")
     try:
-        decoded: Decoded = run_limited(decode_display, (data, limits, memfd, DET_SIDE), limits)
-        channels = 4 if decoded.mode == "RGBA" else 3
-        size = decoded.width * decoded.height * channels
+        decoded: Decoded = run_limited(decode_display, (data, limits, memfd, BARCODE_SIDE), limits)
+        if decoded.mode not in ("RGBX", "RGBA"):
+            raise Rejected("decoder returned an unexpected pixel layout")
+        size = decoded.width * decoded.height * 4
         if os.fstat(memfd).st_size != size:
-            from clinvault_scrub.engine.model import Rejected
-
             raise Rejected("decoder returned an unexpected pixel count")
+        lossless = input_format in ("png", "gif", "tiff") or decoded.mode == "RGBA"
+        buf = io.BytesIO()
+        kwargs: dict[str, object] = {}
+        if decoded.icc:
+            kwargs["icc_profile"] = decoded.icc
         with mmap.mmap(memfd, size) as mm:
-            pixels = np.frombuffer(mm, dtype=np.uint8).reshape(
-                decoded.height, decoded.width, channels
-            )
+            # One copy of the pixels, shared with the decoder child: redaction fills it in
+            # place through this numpy view, and the encoder reads it through a Pillow image
+            # over the same buffer.
+            pixels = np.frombuffer(mm, dtype=np.uint8).reshape(decoded.height, decoded.width, 4)
             result = _redact(pixels, decoded, redactions, keep, hints, detect_faces, read_text)
-            im = Image.fromarray(pixels, decoded.mode)
-            lossless = input_format in ("png", "gif", "tiff") or decoded.mode == "RGBA"
-            buf = io.BytesIO()
-            kwargs: dict[str, object] = {}
-            if decoded.icc:
-                kwargs["icc_profile"] = decoded.icc
+            del pixels
+            im = Image.frombuffer(
+                decoded.mode,
+                (decoded.width, decoded.height),
+                mm,  # type: ignore[arg-type]  # a writable buffer; the stubs list bytes only
+                "raw",
+                decoded.mode,
+                0,
+                1,
+            )
             if lossless:
-                im.save(buf, "PNG", compress_level=6, **kwargs)
+                out = im if decoded.mode == "RGBA" else im.convert("RGB")
+                out.save(buf, "PNG", compress_level=6, **kwargs)
                 result.output_format = "png"
+                del out
             else:
                 im.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False, **kwargs)
                 result.output_format = "jpeg"
-            del im, pixels
+            del im
         result.output = buf.getvalue()
         result.pages_dropped = decoded.pages_dropped
         return result
@@ -155,12 +169,17 @@ def _redact(
         done = fill(box, automatic=False)
         out.findings.append(Finding("region", box, label=r.label, redacted=done))
 
-    # Faces on the small detection copy, boxes scaled up to full size.
-    det = np.frombuffer(decoded.det_pixels, dtype=np.uint8).reshape(
+    # Faces on a small copy (long side DET_SIDE) of the decoder's reduced copy, boxes scaled up.
+    reduced = np.frombuffer(decoded.det_pixels, dtype=np.uint8).reshape(
         decoded.det_height, decoded.det_width, 3
     )
-    sx, sy = w / decoded.det_width, h / decoded.det_height
     if detect_faces:
+        from PIL import Image
+
+        small = Image.fromarray(reduced, "RGB")
+        small.thumbnail((DET_SIDE, DET_SIDE))
+        det = np.asarray(small)
+        sx, sy = w / det.shape[1], h / det.shape[0]
         try:
             found = faces.detect(det)
         except faces.FaceDetectorUnavailable:
@@ -183,23 +202,12 @@ def _redact(
         )
         review("face detection disabled")
 
-    # Barcodes and text on a mid-size copy.
-    factor = max(1, int(np.ceil(max(w, h) / TEXT_SIDE)))
-    mid = pixels[::factor, ::factor, :3] if factor > 1 else pixels[:, :, :3]
-    mid = np.ascontiguousarray(mid)
+    # Barcodes on the decoder's reduced copy (once; boxes scaled up to full size).
+    bx, by = w / decoded.det_width, h / decoded.det_height
     try:
-        for x1, y1, x2, y2, fmt in barcodes.find(mid):
+        for x1, y1, x2, y2, fmt in barcodes.find(reduced):
             pad = 0.1 * max(x2 - x1, y2 - y1)
-            box = _clip(
-                (
-                    (x1 - pad) * factor,
-                    (y1 - pad) * factor,
-                    (x2 + pad) * factor,
-                    (y2 + pad) * factor,
-                ),
-                w,
-                h,
-            )
+            box = _clip(((x1 - pad) * bx, (y1 - pad) * by, (x2 + pad) * bx, (y2 + pad) * by), w, h)
             fill(box, automatic=True)
             out.findings.append(Finding("barcode", box, label=fmt, redacted=True))
             review("barcode found and redacted")
@@ -208,7 +216,11 @@ def _redact(
         review("barcode reader not available")
 
     if read_text:
+        # Text on a mid-size copy (strided view of the full pixels, copied once for tesseract).
+        factor = max(1, int(np.ceil(max(w, h) / TEXT_SIDE)))
+        mid = np.ascontiguousarray(pixels[::factor, ::factor, :3])
         _text(mid, factor, w, h, hints, out, fill, review)
+        del mid
     else:
         out.findings.append(
             Finding("detector_unavailable", label="text", note="disabled by caller")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -22,6 +23,7 @@ SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _TABLES = {0xC4, 0xCC, 0xDB, 0xDD, 0xDC}  # DHT, DAC, DQT, DRI, DNL
 _MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_NOT_A_MARKER = frozenset([0x00, 0xFF, *range(0xD0, 0xD8)])  # stuffing, fill, restart
 _ICC_SIG = b"ICC_PROFILE\x00"
 _XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_EXT_SIG = b"http://ns.adobe.com/xmp/extension/\x00"
@@ -61,10 +63,19 @@ class JpegScrub:
     width: int = 0
     height: int = 0
     icc: bytes | None = None
+    # Entropy-coded runs in the output (offset -> length): copies of input runs that this
+    # module's parser already searched for markers, so the output check need not search again.
+    scan_runs: dict[int, int] = field(default_factory=dict)
 
 
-def parse(data: bytes | memoryview) -> JpegParse:
-    """Split a JPEG into segments up to EOI. Raises Rejected on anything malformed."""
+def parse(data: bytes | memoryview, *, known_runs: Mapping[int, int] | None = None) -> JpegParse:
+    """Split a JPEG into segments up to EOI. Raises Rejected on anything malformed.
+
+    `known_runs` (offset -> length) names entropy-coded runs already searched for markers by
+    this parser (the care scrub copies them unchanged); each must start right after a scan
+    header and end on a marker, but its interior is not searched again. The search is most of
+    the cost of parsing a photo (about 1 ms per 3 MB).
+    """
     mv = memoryview(data)
     n = len(mv)
     if n < 4 or mv[0] != 0xFF or mv[1] != SOI:
@@ -101,11 +112,18 @@ def parse(data: bytes | memoryview) -> JpegParse:
             result.components = mv[pos + 9]
         pos = end
         if marker == SOS:
-            m = _MARKER_AFTER_SCAN.search(mv, pos)
-            if m is None:
-                raise Rejected("truncated JPEG: scan data without end")
-            segs.append(Segment(0, mv[pos : m.start()]))
-            pos = m.start()
+            run = known_runs.get(pos) if known_runs else None
+            if run is not None:
+                stop = pos + run
+                if stop + 1 >= n or mv[stop] != 0xFF or mv[stop + 1] in _NOT_A_MARKER:
+                    raise Rejected("corrupt JPEG: scan data does not end on a marker")
+            else:
+                m = _MARKER_AFTER_SCAN.search(mv, pos)
+                if m is None:
+                    raise Rejected("truncated JPEG: scan data without end")
+                stop = m.start()
+            segs.append(Segment(0, mv[pos:stop]))
+            pos = stop
 
 
 def _icc_segments(profile: bytes) -> list[bytes]:
@@ -140,6 +158,7 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
     icc_chunks: list[tuple[int, bytes]] = []
     info = exif_mod.ExifInfo()
     body: list[bytes | memoryview] = []
+    body_markers: list[int] = []
     captured_from_xmp: datetime | None = None
 
     def note(name: str) -> None:
@@ -150,6 +169,7 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
         m = seg.marker
         if m == 0 or m in _SOF or m in _TABLES or m in (SOS, EOI):
             body.append(seg.raw)
+            body_markers.append(m)
             continue
         p = bytes(seg.payload)
         if m == 0xE0:
@@ -234,6 +254,12 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
     if adobe is not None:
         head.append(_app(0xEE, adobe))
     output = b"".join(head + body)
+    scan_runs: dict[int, int] = {}
+    offset = sum(len(part) for part in head)
+    for part, marker in zip(body, body_markers, strict=True):
+        if marker == 0:
+            scan_runs[offset] = len(part)
+        offset += len(part)
     return JpegScrub(
         output=output,
         removed=removed,
@@ -242,14 +268,17 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
         width=parsed.width,
         height=parsed.height,
         icc=icc_out,
+        scan_runs=scan_runs,
     )
 
 
-def check_clean(output: bytes, *, allow_orientation: bool) -> list[str]:
+def check_clean(
+    output: bytes, *, allow_orientation: bool, known_runs: Mapping[int, int] | None = None
+) -> list[str]:
     """Problems left in a scrubbed JPEG (empty means clean): the fail-closed check."""
     problems: list[str] = []
     try:
-        parsed = parse(output)
+        parsed = parse(output, known_runs=known_runs)
     except Rejected as exc:
         return [f"output does not re-parse: {exc}"]
     if parsed.tail:

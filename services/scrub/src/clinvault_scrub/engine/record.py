@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
+from functools import cache
 from typing import Any
 
 from clinvault_scrub.engine.model import FACE_CONFIDENT, FACE_DETECT_THRESHOLD, Finding, Profile
@@ -43,12 +43,12 @@ POLICY: dict[str, Any] = {
 
 
 def engine_version() -> str:
-    try:
-        return version("clinvault-scrub")
-    except PackageNotFoundError:
-        return "0+unknown"
+    from clinvault_scrub import __version__
+
+    return __version__
 
 
+@cache  # the policy is a constant; hashing it once per process is enough
 def policy_hash(profile: Profile) -> str:
     body = json.dumps({"profile": profile.value, "policy": POLICY}, sort_keys=True).encode()
     return hashlib.sha256(body).hexdigest()

@@ -1,13 +1,17 @@
 """The fail-closed check every output passes before it is returned.
 
 It re-parses the output with the same bounded parsers (a clean output scrubs to itself with
-nothing removed), opens it with Pillow (header only), and searches its bytes for the caller's
-identifier hints. Any problem rejects the file.
+nothing removed), and searches its bytes for the caller's identifier hints. Any problem rejects
+the file. JPEG, PNG, WebP and GIF are checked at the byte level only (segments, chunks, blocks:
+the parsers prove one image, its dimensions and nothing after its end), so a care scrub never
+loads Pillow; TIFF and HEIF outputs, which our parsers do not cover, are opened with Pillow
+(header and tags, no pixel decode). Pixel identity is a property the tests check, not this.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 
 from clinvault_scrub.engine import containers, jpeg, png
@@ -59,6 +63,22 @@ def _heif(out: bytes) -> list[str]:
     return problems
 
 
+def _opens(out: bytes, fmt: str) -> list[str]:
+    from PIL import Image
+
+    if fmt == "heif":
+        from clinvault_scrub.engine.decode import _heif_opener
+
+        _heif_opener()
+    try:
+        with Image.open(io.BytesIO(out)) as im:
+            if im.size[0] <= 0 or im.size[1] <= 0:
+                return ["output has no pixels"]
+    except Exception as exc:
+        return [f"output does not open ({type(exc).__name__})"]
+    return []
+
+
 def hint_variants(term: str) -> list[bytes]:
     out: list[bytes] = []
     for t in {term, term.upper(), term.lower(), term.title()}:
@@ -70,15 +90,24 @@ def hint_variants(term: str) -> list[bytes]:
     return out
 
 
-def check(out: bytes, fmt: str, *, allow_orientation: bool, hints: list[str]) -> list[str]:
-    """Problems found in an output (empty list: it may be returned)."""
-    from PIL import Image
+def check(
+    out: bytes,
+    fmt: str,
+    *,
+    allow_orientation: bool,
+    hints: list[str],
+    jpeg_runs: Mapping[int, int] | None = None,
+) -> list[str]:
+    """Problems found in an output (empty list: it may be returned).
 
+    `jpeg_runs`: entropy-coded runs of a care JPEG that the scrub copied from runs its parser
+    already searched for markers (see jpeg.parse); every segment around them is re-parsed.
+    """
     problems: list[str] = []
     if sniff_format(out[:64]) != fmt:
         return ["output format does not match"]
     if fmt == "jpeg":
-        problems += jpeg.check_clean(out, allow_orientation=allow_orientation)
+        problems += jpeg.check_clean(out, allow_orientation=allow_orientation, known_runs=jpeg_runs)
     elif fmt == "png":
         problems += _idempotent(png.scrub_care, out)
     elif fmt == "webp":
@@ -89,16 +118,8 @@ def check(out: bytes, fmt: str, *, allow_orientation: bool, hints: list[str]) ->
         problems += _tiff(out)
     elif fmt == "heif":
         problems += _heif(out)
-    if fmt == "heif":
-        from clinvault_scrub.engine.decode import _heif_opener
-
-        _heif_opener()
-    try:
-        with Image.open(io.BytesIO(out)) as im:
-            if im.size[0] <= 0 or im.size[1] <= 0:
-                problems.append("output has no pixels")
-    except Exception as exc:
-        problems.append(f"output does not open ({type(exc).__name__})")
+    if fmt in ("tiff", "heif"):
+        problems += _opens(out, fmt)
     for term in hints:
         if len(term) >= 3 and any(v in out for v in hint_variants(term)):
             problems.append("an identifier hint occurs in the output bytes")
