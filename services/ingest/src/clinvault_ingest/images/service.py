@@ -103,8 +103,24 @@ async def _read_form(reader: MultipartReader, uploader: Uploader) -> UploadForm:
     try:
         return UploadForm.model_validate(values)
     except ValidationError as exc:
-        fields = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
-        raise Unprocessable("invalid form fields: " + ", ".join(fields)) from None
+        missing = sorted(
+            {str(e["loc"][0]) for e in exc.errors() if e["loc"] and e["type"] == "missing"}
+        )
+        invalid = sorted(
+            {str(e["loc"][0]) for e in exc.errors() if e["loc"] and e["type"] != "missing"}
+        )
+        problems = []
+        if missing:
+            # The photo is encrypted under its patient's key as it streams, so the fields that
+            # say whose it is must arrive first (with curl: put -F file=@... last).
+            problems.append(
+                "missing before the file part: "
+                + ", ".join(missing)
+                + " (send the form fields first and the file last)"
+            )
+        if invalid:
+            problems.append("invalid form fields: " + ", ".join(invalid))
+        raise Unprocessable("; ".join(problems)) from None
 
 
 async def _head(data: AsyncIterator[bytes]) -> bytes:
