@@ -143,10 +143,30 @@ def scrub_command(ctx: typer.Context) -> None:
     raise typer.Exit(run_scrub(ctx.args))
 
 
+def _keep_freed_buffers() -> None:
+    """Let glibc reuse freed multi-megabyte buffers instead of unmapping and refaulting them.
+
+    By default every photo-sized buffer (input read, output join) is a fresh mmap that the
+    kernel zero-fills page by page and unmaps on free: for a care batch that costs more system
+    time than the scrub itself (measured: 50 phone JPEGs 0.6 s -> 0.3 s). A short-lived CLI can
+    afford to keep up to this much freed memory for reuse.
+    """
+    import ctypes
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling for this setting
+        libc.mallopt(m_trim_threshold, 256 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def run_scrub(argv: list[str]) -> int:
     """`clinvault scrub` without Typer: parse argv, scrub, print one line per input; exit code."""
     parser = _scrub_parser()
     args = parser.parse_args(argv)
+    _keep_freed_buffers()
     profile = Profile(args.profile)
     try:
         regions = [parse_region(r) for r in args.redact]
