@@ -158,7 +158,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def serve(mode: str) -> AsyncIterator[Harness]:
+async def serve(mode: str, *, in_process_worker: bool = True) -> AsyncIterator[Harness]:
     """Start the app's lifespan (and, distributed, a real arq worker) for one test."""
     get_settings.cache_clear()
     app = ingest_app()
@@ -168,7 +168,7 @@ async def serve(mode: str) -> AsyncIterator[Harness]:
             transport=transport, base_url="http://test", timeout=60
         ) as client:
             harness = Harness(mode=mode, app=app, client=client)
-            if mode == "embedded":
+            if mode == "embedded" or not in_process_worker:
                 yield harness
                 return
             async with arq_worker() as _:
@@ -200,7 +200,8 @@ async def arq_worker() -> AsyncIterator[Any]:
         concurrency=2,
     )
     options["handle_signals"] = False
-    worker = Worker(**options, poll_delay=0.05)
+    options["poll_delay"] = 0.05
+    worker = Worker(**options)
     task = asyncio.create_task(worker.async_run())
     try:
         yield worker

@@ -127,7 +127,15 @@ async def test_another_tenant_gets_404_on_every_route(harness: Harness) -> None:
     assert created.status_code == 202
     derivative_id = created.json()["id"]
     await h.wait(f"/v1/derivatives/{derivative_id}", {"pending_review", "rejected"})
-    ids = {"image_id": image_id, "derivative_id": derivative_id}
+    invitation = await h.client.post(
+        "/v1/upload-invitations", json={"patient_id": "p-1"}, headers=await h.headers()
+    )
+    assert invitation.status_code == 201, invitation.text
+    ids = {
+        "image_id": image_id,
+        "derivative_id": derivative_id,
+        "invitation_id": invitation.json()["id"],
+    }
     bodies = {
         "/v1/images/{image_id}/derivatives": {
             "purpose": "education",
@@ -152,7 +160,10 @@ async def test_another_tenant_gets_404_on_every_route(harness: Harness) -> None:
             assert response.status_code == 404, (method, path, response.text)
             assert image_id not in response.text
             walked += 1
-    assert walked >= 8
+    assert walked >= 9
+    listed = await h.client.get("/v1/images?patient_id=p-1", headers=intruder)
+    assert listed.status_code == 200
+    assert image_id not in listed.text
     # Tenant A still sees everything as it was.
     mine = await h.client.get(f"/v1/images/{image_id}", headers=await h.headers())
     assert mine.json()["status"] == "ready"

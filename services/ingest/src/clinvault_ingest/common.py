@@ -12,7 +12,6 @@ from clinvault_shared import audit
 from clinvault_shared.auth import Principal
 from clinvault_shared.blobstore.backend import object_path, store_from_url
 from clinvault_shared.errors import ClinvaultError
-from clinvault_shared.faults import is_transient
 from clinvault_shared.runtime import Runtime
 from clinvault_shared.web import ERROR_RESPONSES
 
@@ -61,8 +60,8 @@ async def enqueue(runtime: Runtime, function: str, object_id: str, *, job_id: st
     try:
         await runtime.queue.enqueue(function, object_id, job_id=job_id)
     except Exception as exc:
-        if not is_transient(exc):
-            raise
+        # Whatever the queue's trouble (down, restarting: arq's WATCH/MULTI then fails with a
+        # WatchError), the committed row is the ledger and the reconciler enqueues it later.
         logger.warning("enqueue of %s deferred to the reconciler: %s", function, type(exc).__name__)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from clinvault_scrub.worker import repository
 from clinvault_scrub.worker.common import runtime_of, stale_before
 from clinvault_shared import jobs
+from clinvault_shared.faults import is_transient
 from clinvault_shared.runtime import WorkerContext
 
 logger = logging.getLogger("clinvault.worker.reconcile")
@@ -27,9 +28,16 @@ async def reconcile(ctx: WorkerContext | dict[str, Any]) -> int:
     if queue is None:  # pragma: no cover - both runtimes provide a queue
         return 0
     before = stale_before(runtime)
-    async with runtime.session() as session:
-        images = await repository.stale_images(session, before, BATCH)
-        derivatives = await repository.stale_derivatives(session, before, BATCH)
+    try:
+        async with runtime.session() as session:
+            images = await repository.stale_images(session, before, BATCH)
+            derivatives = await repository.stale_derivatives(session, before, BATCH)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        # The next tick tries again; an outage is not an error of the reconciler.
+        logger.warning("reconcile skipped: %s", type(exc).__name__)
+        return 0
     count = 0
     for image_id, attempts in images:
         if await queue.enqueue(
