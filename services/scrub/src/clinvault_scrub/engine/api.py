@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from clinvault_scrub.engine import containers, jpeg, png, record, verify
-from clinvault_scrub.engine.decode import recode_heif, recode_tiff
 from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
 from clinvault_scrub.engine.model import (
     Hints,
@@ -16,7 +15,6 @@ from clinvault_scrub.engine.model import (
     ScrubResult,
     Status,
 )
-from clinvault_scrub.engine.sandbox import run_limited
 
 _DEFAULT_LIMITS = Limits()
 
@@ -38,6 +36,10 @@ def _care(
         c = fn(data, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
+    # Only TIFF and HEIF decode on a care scrub: the sandbox loads when they come.
+    from clinvault_scrub.engine.decode import recode_heif, recode_tiff
+    from clinvault_scrub.engine.sandbox import run_limited
+
     recode = recode_tiff if fmt == "tiff" else recode_heif
     r = run_limited(recode, (data, limits), limits)
     result.removed, result.captured_at = r.removed, r.captured_at

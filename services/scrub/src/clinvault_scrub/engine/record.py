@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import cache
 from typing import Any
@@ -50,6 +49,8 @@ def engine_version() -> str:
 
 @cache  # the policy is a constant; hashing it once per process is enough
 def policy_hash(profile: Profile) -> str:
+    import hashlib  # once per process (cached): OpenSSL's loading is not free
+
     body = json.dumps({"profile": profile.value, "policy": POLICY}, sort_keys=True).encode()
     return hashlib.sha256(body).hexdigest()
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from clinvault_scrub.engine import containers, jpeg, png
-from clinvault_scrub.engine.decode import TIFF_ALLOWED_TAGS
 from clinvault_scrub.engine.formats import sniff_format
 from clinvault_scrub.engine.model import Rejected
 
@@ -35,6 +34,8 @@ def _idempotent(fn: Any, out: bytes) -> list[str]:
 
 def _tiff(out: bytes) -> list[str]:
     from PIL import Image
+
+    from clinvault_scrub.engine.decode import TIFF_ALLOWED_TAGS
 
     problems = []
     im = Image.open(io.BytesIO(out))
