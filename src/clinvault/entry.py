@@ -12,7 +12,7 @@ import sys
 
 def main() -> None:
     if sys.argv[1:2] == ["scrub"]:
-        from clinvault_scrub.cli import run_scrub
+        from clinvault_scrub.batch import run_scrub
 
         raise SystemExit(run_scrub(sys.argv[2:]))
     from clinvault.cli import main as full_cli

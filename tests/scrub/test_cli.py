@@ -192,12 +192,12 @@ def test_scrub_help_lists_every_option(app: typer.Typer) -> None:
 
 
 def test_process_pool_only_for_batches_worth_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clinvault_scrub import cli
+    from clinvault_scrub import batch
 
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert cli._workers(3, 16) == 1  # a small care batch runs in this process
-    assert cli._workers(40, 16) == 2
-    assert cli._workers(1000, 16) == 4
-    assert cli._workers(3, 1) == 3  # deidentify: a process per file, up to the cores
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda _pid: {0})
-    assert cli._workers(1000, 1) == 1  # one core: never a pool
+    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert batch._workers(3, 16) == 1  # a small care batch runs in this process
+    assert batch._workers(40, 16) == 2
+    assert batch._workers(1000, 16) == 4
+    assert batch._workers(3, 1) == 3  # deidentify: a process per file, up to the cores
+    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda _pid: {0})
+    assert batch._workers(1000, 1) == 1  # one core: never a pool

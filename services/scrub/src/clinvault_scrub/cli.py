@@ -1,202 +1,30 @@
-"""`clinvault scrub` and `clinvault scan`; the top-level CLI registers them with register(app).
+"""`clinvault scrub` and `clinvault scan` for Typer; the top-level CLI calls register(app).
 
-Start-up is most of the cost of scrubbing a small batch, so this module imports only the
-byte-level engine at module level; the progress bar, the process pool, the scan report and
-the pixel stack (Pillow, numpy, onnxruntime) load only when a run needs them.
+The scrub itself lives in `batch` (no Typer): the `clinvault` executable sends `scrub` there
+directly, because Typer's start-up is as long as a care scrub of a small batch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from clinvault_scrub.engine import Profile, Region, scrub
+from clinvault_scrub.batch import parse_region, run_many, run_scrub
 
-# Below this many files per worker a process pool costs more than it saves (a care scrub of a
-# 12 MP JPEG takes a few milliseconds; starting and feeding a pool takes tens).
-_MIN_FILES_PER_WORKER = 16
-
-
-def parse_region(text: str) -> Region:
-    """`X,Y,W,H[:LABEL]` in displayed-image pixels."""
-    coords, _, label = text.partition(":")
-    parts = coords.split(",")
-    try:
-        x, y, w, h = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError("expected X,Y,W,H[:LABEL] with whole numbers") from None
-    if w <= 0 or h <= 0 or x < 0 or y < 0:
-        raise ValueError("region needs x,y >= 0 and a positive width and height")
-    return Region(x, y, w, h, label.strip())
-
-
-def _scrub_one(args: tuple[str, str, str, list[Region]]) -> dict[str, Any]:
-    path, out_dir, profile, regions = args
-    line: dict[str, Any] = {"input": path, "output": None}
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        line.update(status="rejected", reason=f"cannot read input ({exc.strerror or 'error'})")
-        line.update(removed=[], faces_redacted=0, needs_review=False)
-        return line
-    result = scrub(data, profile, redactions=regions)
-    if result.ok and result.output is not None:
-        target = Path(out_dir) / Path(path).name
-        try:
-            target.write_bytes(result.output)
-            line["output"] = str(target)
-        except OSError as exc:
-            line.update(
-                status="rejected", reason=f"cannot write output ({exc.strerror or 'error'})"
-            )
-            line.update(removed=[], faces_redacted=0, needs_review=False)
-            return line
-    line.update(
-        status=result.status.value,
-        reason=result.reason,
-        removed=result.removed,
-        faces_redacted=result.faces_redacted,
-        needs_review=result.needs_review,
-        captured_at=result.captured_at.isoformat() if result.captured_at else None,
-        findings=[f.as_dict() for f in result.findings],
-        record=result.record,
-    )
-    return line
-
-
-class _NoBar:
-    def update(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _workers(jobs: int, min_per_worker: int) -> int:
-    """Processes worth starting: the cores we may run on, but none for a small batch."""
-    # The cores this process may run on (taskset, cgroup cpusets), not the machine's count.
-    cores = len(os.sched_getaffinity(0)) or 1
-    return max(1, min(cores, jobs // max(1, min_per_worker)))
-
-
-def _run_many(
-    fn: Any, jobs: list[Any], desc: str, *, min_per_worker: int = _MIN_FILES_PER_WORKER
-) -> Iterator[Any]:
-    """Results in input order; a process per core for many files; a bar only on a terminal."""
-    workers = _workers(len(jobs), min_per_worker)
-    bar: Any = _NoBar()
-    if sys.stderr.isatty():
-        from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lock
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="file", file=sys.stderr)
-    try:
-        if workers <= 1:
-            for job in jobs:
-                yield fn(job)
-                bar.update()
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for item in pool.map(
-                    fn, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 4)))
-                ):
-                    yield item
-                    bar.update()
-    finally:
-        bar.close()
-
-
-def _scrub_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clinvault scrub",
-        description="Scrub images: metadata removed (care) or de-identified (deidentify).",
-    )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files to scrub")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--profile", choices=[p.value for p in Profile], default=Profile.CARE.value)
-    parser.add_argument(
-        "--redact",
-        action="append",
-        default=[],
-        metavar="X,Y,W,H[:LABEL]",
-        help="region to redact, in displayed-image pixels (deidentify only; repeatable)",
-    )
-    parser.add_argument(
-        "--json", dest="as_json", action="store_true", help="one JSON object per input per line"
-    )
-    return parser
+__all__ = ["parse_region", "register", "run_scrub"]
 
 
 def scrub_command(ctx: typer.Context) -> None:
     """Scrub images: metadata removed (care) or de-identified (deidentify)."""
-    # The options are parsed with argparse, not declared to Typer: Typer 0.29 builds a pydantic
-    # TypeAdapter per declared parameter (about 15 ms for these five), and the same parser
-    # serves `python -m clinvault_scrub.cli scrub`, which skips Typer and so pydantic's import
-    # (about 0.1 s; under `clinvault` the top-level group's --help option still pays it).
-    # Usage errors still exit 2.
+    # Reached only through a Typer app (tests, `clinvault --help`); the executable routes
+    # `scrub` to batch.run_scrub before Typer loads. One argparse parser serves both.
     raise typer.Exit(run_scrub(ctx.args))
-
-
-def _keep_freed_buffers() -> None:
-    """Let glibc reuse freed multi-megabyte buffers instead of unmapping and refaulting them.
-
-    By default every photo-sized buffer (input read, output join) is a fresh mmap that the
-    kernel zero-fills page by page and unmaps on free: for a care batch that costs more system
-    time than the scrub itself (measured: 50 phone JPEGs 0.6 s -> 0.3 s). A short-lived CLI can
-    afford to keep up to this much freed memory for reuse.
-    """
-    import ctypes
-
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling for this setting
-        libc.mallopt(m_trim_threshold, 256 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
-def run_scrub(argv: list[str]) -> int:
-    """`clinvault scrub` without Typer: parse argv, scrub, print one line per input; exit code."""
-    parser = _scrub_parser()
-    args = parser.parse_args(argv)
-    _keep_freed_buffers()
-    profile = Profile(args.profile)
-    try:
-        regions = [parse_region(r) for r in args.redact]
-    except ValueError as exc:
-        parser.error(f"--redact: {exc}")
-    if regions and profile is not Profile.DEIDENTIFY:
-        parser.error("--redact needs --profile deidentify")
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        parser.error("--out: cannot create the output directory")
-    jobs = [(str(p), str(out), profile.value, regions) for p in args.inputs]
-    # A deidentify scrub takes a few hundred milliseconds: worth a process from two files on.
-    per_worker = 1 if profile is Profile.DEIDENTIFY else _MIN_FILES_PER_WORKER
-    rejected = 0
-    write = sys.stdout.write
-    for line in _run_many(_scrub_one, jobs, "scrub", min_per_worker=per_worker):
-        if line["status"] != "scrubbed":
-            rejected += 1
-        if args.as_json:
-            write(json.dumps(line, sort_keys=True) + "\n")
-        elif line["status"] == "scrubbed":
-            write(f"scrubbed {line['input']} -> {line['output']}\n")
-        else:
-            write(f"rejected {line['input']}: {line['reason']}\n")
-    sys.stdout.flush()
-    return 1 if rejected else 0
 
 
 def _walk(root: Path) -> Iterable[Path]:
@@ -263,7 +91,7 @@ def scan_command(
         raise typer.BadParameter("not a directory", param_hint="DIR")
     jobs = [(str(p), str(directory)) for p in _walk(directory)]
     # A scan runs the face, barcode and text detectors: a process per core pays from 2 files.
-    files = list(_run_many(_scan_one, jobs, "scan", min_per_worker=1)) if jobs else []
+    files = list(run_many(_scan_one, jobs, "scan", min_per_worker=1)) if jobs else []
     totals = {c: sum(1 for f in files if f.get("risks", {}).get(c)) for c in CATEGORIES}
     summary = {
         "files": len(files),
