@@ -6,8 +6,23 @@ The API answers these with 503 instead of 500; jobs retry them later instead of 
 from __future__ import annotations
 
 import asyncio
+import errno
 
 from sqlalchemy import exc as sa_exc
+
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ENOTCONN,
+    }
+)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -23,8 +38,12 @@ def is_transient(error: BaseException) -> bool:
         )
     if isinstance(error, sa_exc.DisconnectionError | sa_exc.TimeoutError):
         return True
-    if isinstance(error, OSError | ConnectionError | asyncio.TimeoutError):
+    if isinstance(error, ConnectionError | asyncio.TimeoutError | TimeoutError):
         return True
+    if isinstance(error, OSError):
+        # Only network-level errors: a missing file or a permission problem is not an outage
+        # and must not be retried forever.
+        return error.errno in _NETWORK_ERRNOS or (type(error) is OSError and error.errno is None)
     # redis-py and asyncpg errors that are not OSError subclasses, matched by name so that
     # shared does not import either client here.
     names = {cls.__name__ for cls in type(error).__mro__}

@@ -7,9 +7,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,7 +57,10 @@ async def transient_faults_retry(
     except Exception as exc:
         if not is_transient(exc):
             raise
-        logger.warning("transient %s; retrying", type(exc).__name__)
+        # Where it came from (file and line only: exception text may carry data).
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f"{Path(frame.filename).name}:{frame.lineno}" if frame else "?"
+        logger.warning("transient %s at %s; retrying", type(exc).__name__, where)
         if on_transient is not None:
             with contextlib.suppress(Exception):
                 await on_transient()
