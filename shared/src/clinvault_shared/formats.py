@@ -1,7 +1,5 @@
-"""Format detection from the first bytes, shared by the upload API (fast 415) and the scrub engine.
-
-Copied from the scrub engine's `engine/formats.py` so that ingest need not import another service;
-the engine may import it from here so the two never drift.
+"""Format detection from content (never the file name), used by two services: the upload API
+answers 415 from an upload's first bytes, and the scrub engine decides how to scrub a file.
 """
 
 from __future__ import annotations
