@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clinvault_ingest.images import service as images
-from clinvault_ingest.images.schemas import ImageAccepted, Source
 from clinvault_ingest.invitations import repository
 from clinvault_ingest.invitations.schemas import (
     InvitationCreated,
@@ -78,45 +75,6 @@ async def open_invitation(session: AsyncSession, token: str) -> UploadInvitation
     if invitation.used_files >= invitation.max_files:
         raise Gone("this upload link has been used for all the files it allows")
     return invitation
-
-
-async def upload_with_token(
-    runtime: Runtime,
-    session: AsyncSession,
-    token: str,
-    *,
-    body: AsyncIterator[bytes],
-    content_type: str | None,
-    content_length: str | None,
-) -> ImageAccepted:
-    """A patient's upload through an invitation: patient and source come from the invitation."""
-    invitation = await open_invitation(session, token)
-    if not await repository.reserve_slot(session, invitation.id, utcnow()):
-        await session.rollback()
-        raise Gone("this upload link has expired or is used up")
-    await session.commit()
-    uploader = images.Uploader(
-        tenant_id=invitation.tenant_id,
-        key_id=None,
-        patient_id=invitation.patient_id,
-        source=Source.patient_portal,
-        invitation_id=invitation.id,
-    )
-    try:
-        return await images.upload(
-            runtime,
-            session,
-            uploader,
-            body=body,
-            content_type=content_type,
-            content_length=content_length,
-            idempotency_key=None,
-        )
-    except BaseException:
-        await session.rollback()
-        await repository.release_slot(session, invitation.id)
-        await session.commit()
-        raise
 
 
 async def revoke(

@@ -69,26 +69,7 @@ async def portal_page(token: str, request: Request, session: SessionDep) -> HTML
         context = await service.page_context(session, token)
     except (NotFound, Gone, TooManyRequests) as error:
         return _unavailable(error)
-    cookie = request.cookies.get(service.CSRF_COOKIE) or service.new_csrf_cookie()
-    response = _html(
-        "upload.html",
-        token=token,
-        csrf=service.csrf_field(cookie, token),
-        requested_by=context.requested_by,
-        remaining=context.remaining,
-        expires_text=context.expires_text,
-        max_mb=request.app.state.runtime.settings.max_upload_bytes // (1024 * 1024),
-        error=None,
-    )
-    response.set_cookie(
-        service.CSRF_COOKIE,
-        cookie,
-        httponly=True,
-        samesite="strict",
-        secure=_secure_cookie(request),
-        path="/portal/",
-    )
-    return response
+    return _upload_page(request, token, context)
 
 
 @router.post("/portal/{token}/upload")
@@ -129,17 +110,27 @@ async def _page_with_error(
         context = await service.page_context(session, token)
     except (NotFound, Gone) as spent:
         return _unavailable(spent)
+    return _upload_page(request, token, context, error)
+
+
+def _upload_page(
+    request: Request,
+    token: str,
+    context: service.PageContext,
+    error: ClinvaultError | None = None,
+) -> HTMLResponse:
+    """The upload page, with this browser's CSRF cookie (kept if it has one) and its field."""
     cookie = request.cookies.get(service.CSRF_COOKIE) or service.new_csrf_cookie()
     response = _html(
         "upload.html",
-        error.status_code,
+        error.status_code if error else 200,
         token=token,
         csrf=service.csrf_field(cookie, token),
         requested_by=context.requested_by,
         remaining=context.remaining,
         expires_text=context.expires_text,
         max_mb=request.app.state.runtime.settings.max_upload_bytes // (1024 * 1024),
-        error=error.message,
+        error=error.message if error else None,
     )
     response.set_cookie(
         service.CSRF_COOKIE,
