@@ -317,7 +317,9 @@ def main() -> None:
         "a reduced copy for zxing and a 640 px copy for CenterFace, redaction in place, one "
         "JPEG q90 encode, output check; the OCR figure adds tesseract on a 2000 px copy). "
         f"Half of the files carry Orientation 6 (rotated while decoding).",
-        f"- mat2 on the same 12 MP files: {mat2_time * 1000:.0f} ms per image."
+        f"- mat2 on the same 12 MP files: {mat2_time * 1000:.0f} ms per image (whole process, "
+        "one core; Debian's `mat2` package: metadata removal by re-encoding, no face, barcode "
+        "or text detection; absent on a machine without it)."
         if mat2_time
         else "- mat2: not measured (its PyPI package needs PyGObject and GdkPixbuf)",
         f"- Peak memory for one 48 MP image (VmHWM of a fresh process): care {mem_care[0]:.0f} MB "
