@@ -210,10 +210,16 @@ def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> None:
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker"):
+    for name in ("uvicorn", "uvicorn.error", "arq", "arq.worker"):
         named = logging.getLogger(name)
         named.handlers.clear()
         named.propagate = True
+    # uvicorn's access line quotes the raw path and query (upload-link tokens, `?patient_id=`):
+    # it is off, and ObservabilityMiddleware logs each request by its route template instead.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    access.disabled = True
 
 
 def get_logger(name: str = "clinvault") -> Any:
@@ -419,11 +425,23 @@ class ObservabilityMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                elapsed = time.perf_counter() - started
+                route = route_template(scope)
+                method_label = method if method in _METHODS else "other"
                 HTTP_REQUEST_DURATION.labels(
-                    route=route_template(scope),
-                    method=method if method in _METHODS else "other",
-                    status=str(status),
-                ).observe(time.perf_counter() - started)
+                    route=route, method=method_label, status=str(status)
+                ).observe(elapsed)
+                _access_log.info(
+                    "request",
+                    route=route,
+                    method=method_label,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 1),
+                )
+
+
+# One line per request, by route template: never the raw path or query string.
+_access_log = structlog.stdlib.get_logger("clinvault.access")
 
 
 def route_template(scope: Scope) -> str:

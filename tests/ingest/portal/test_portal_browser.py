@@ -36,6 +36,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 PHONE = {"width": 390, "height": 844}
+ISSUED_TOKENS: list[str] = []  # every link this module opens; none may reach the server log
 
 pytestmark = [
     pytest.mark.browser,
@@ -127,6 +128,7 @@ def _invite(api: httpx.Client, patient_id: str, max_files: int = 5) -> dict[str,
         },
     )
     assert response.status_code in (200, 201), response.text
+    ISSUED_TOKENS.append(response.json()["token"])
     return dict(response.json())
 
 
@@ -280,3 +282,14 @@ def test_page_passes_automated_accessibility_check(
     assert page.locator("#ack").is_checked()
     assert page.locator("#gallery").is_enabled()
     context.close()
+
+
+def test_server_log_holds_no_link_token_and_no_patient_id(server: dict[str, object]) -> None:
+    """Runs last: the real server's log of every step above (uvicorn + JSON lines)."""
+    log = (Path(str(server["data"])) / "server.log").read_text()
+    assert ISSUED_TOKENS
+    assert '"route": "/portal/{token}"' in log
+    for token in ISSUED_TOKENS:
+        assert token not in log
+        assert token[:12] not in log
+    assert "MRN-PORTAL" not in log
