@@ -163,6 +163,25 @@ def test_exception_text_in_tracebacks_is_masked(log_stream: io.StringIO) -> None
     assert "jane.doe" not in line["exception"]
 
 
+def test_logged_exceptions_keep_types_and_frames_but_no_messages(
+    log_stream: io.StringIO,
+) -> None:
+    # A patient id in a message matches no pattern: only dropping messages keeps it out.
+    try:
+        try:
+            raise KeyError("MRN-55123 Harold Smith")
+        except KeyError as inner:
+            raise RuntimeError("while storing MRN-55123") from inner
+    except RuntimeError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    (line,) = lines(log_stream)
+    assert "builtins.RuntimeError at " in line["exception"]
+    assert "caused by builtins.KeyError" in line["exception"]
+    assert "test_observability.py" in line["exception"]
+    assert "MRN-55123" not in log_stream.getvalue()
+    assert "Harold" not in log_stream.getvalue()
+
+
 async def test_job_id_is_bound_inside_observe_job(log_stream: io.StringIO) -> None:
     async with obs.observe_job("scrub_image", "job-abc-123"):
         obs.get_logger().info("inside")

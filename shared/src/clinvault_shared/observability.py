@@ -159,6 +159,36 @@ def scrub_phi(
 # --------------------------------------------------------------------------------------------
 
 
+def _exception_without_messages(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Render a logged exception as its types and frames only.
+
+    Exception messages quote whatever the failing code held (a form value, a patient id in a
+    driver error); the type and the frames are what an operator needs to find the bug.
+    """
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    elif isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if not exc_info or not isinstance(exc_info, tuple) or exc_info[0] is None:
+        return event_dict
+    import traceback
+
+    parts: list[str] = []
+    error: BaseException | None = exc_info[1]
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        frames = traceback.extract_tb(error.__traceback__)[-8:]
+        where = " <- ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(frames))
+        parts.append(f"{type(error).__module__}.{type(error).__qualname__} at {where}")
+        error = error.__cause__ or error.__context__
+    event_dict["exception"] = " | caused by ".join(parts)
+    return event_dict
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -166,6 +196,7 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         _drop_duplicate_message,
+        _exception_without_messages,
         structlog.processors.format_exc_info,
         # After exceptions are rendered (a traceback quotes messages), before the timestamp is
         # added by the formatter (a bare date would be masked; a timestamp is not, but why risk it).
