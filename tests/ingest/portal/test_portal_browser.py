@@ -215,6 +215,43 @@ def test_patient_uploads_two_photos_from_a_phone(
         pass  # the scrub engine's own suite runs exiftool over its outputs
 
 
+def test_a_failed_upload_can_be_retried(
+    server: dict[str, object], browser: object, tmp_path: Path
+) -> None:
+    """A dropped connection (a phone losing signal) shows the error and a retry that works."""
+    api = _api(server)
+    invitation = _invite(api, "MRN-PORTAL-5")
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(invitation["url"])
+    dropped: list[str] = []
+
+    def drop_first(route: object) -> None:
+        if not dropped:
+            dropped.append("x")
+            route.abort("connectionreset")  # type: ignore[attr-defined]
+        else:
+            route.continue_()  # type: ignore[attr-defined]
+
+    page.route("**/upload", drop_first)
+    page.get_by_label("I have read this notice").check()
+    page.locator("#gallery").set_input_files(
+        str(_jpeg(tmp_path / "ulcer.jpg", (90, 60, 50), gps=False))
+    )
+    page.locator("#send").click()
+    retry = page.get_by_role("button", name="Try again")
+    retry.wait_for(state="visible", timeout=30_000)
+    assert "connection failed" in page.inner_text("#progress-list")
+    assert page.locator("#done").is_hidden()
+    _shot(page, "7-upload-failed-retry-offered")
+    retry.click()
+    page.locator("#done").wait_for(state="visible", timeout=30_000)
+    assert "1 photo was" in page.inner_text("#done")
+    context.close()
+    items = api.get("/v1/images", params={"patient_id": "MRN-PORTAL-5"}).json()["items"]
+    assert len(items) == 1  # the dropped attempt stored nothing
+
+
 def test_plain_form_post_without_javascript(
     server: dict[str, object], browser: object, tmp_path: Path
 ) -> None:
