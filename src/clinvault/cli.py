@@ -90,13 +90,21 @@ def keys_create(
     """Create an API key and print it alone on stdout, once."""
     import asyncio
 
+    from clinvault_shared import audit
     from clinvault_shared.auth import create_key
     from clinvault_shared.errors import ClinvaultError
 
+    async def action(session: AsyncSession) -> IssuedKey:
+        issued = await create_key(session, tenant_id=tenant, role=role.value, label=label)
+        # Operators' key changes belong in the same chain as everything else (actor: the CLI).
+        await audit.record(
+            session, tenant_id=tenant, actor_key_id=None, action="api_key.create",
+            outcome="created", object_id=issued.key_id, detail={"role": issued.role},
+        )  # fmt: skip
+        return issued
+
     try:
-        issued = asyncio.run(
-            _with_session(lambda s: create_key(s, tenant_id=tenant, role=role.value, label=label))
-        )
+        issued = asyncio.run(_with_session(action))
     except ClinvaultError as exc:
         raise _fail(exc.message, 2) from None
     _say(
@@ -126,11 +134,19 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (key_...)
     """Revoke a key; requests with it answer 401 from now on."""
     import asyncio
 
+    from clinvault_shared import audit
     from clinvault_shared.auth import revoke_key
     from clinvault_shared.errors import ClinvaultError
 
+    async def action(session: AsyncSession) -> None:
+        key = await revoke_key(session, key_id)
+        await audit.record(
+            session, tenant_id=key.tenant_id, actor_key_id=None, action="api_key.revoke",
+            outcome="revoked", object_id=key.id,
+        )  # fmt: skip
+
     try:
-        asyncio.run(_with_session(lambda s: revoke_key(s, key_id)))
+        asyncio.run(_with_session(action))
     except ClinvaultError as exc:
         raise _fail(exc.message) from None
     _say(f"revoked {key_id}")
@@ -257,12 +273,18 @@ def serve(
 def _bootstrap_admin() -> None:
     import asyncio
 
+    from clinvault_shared import audit
     from clinvault_shared.auth import create_key, list_keys
 
     async def action(session: AsyncSession) -> IssuedKey | None:
         if any(k.role == "admin" and k.revoked_at is None for k in await list_keys(session)):
             return None
-        return await create_key(session, tenant_id="default", role="admin", label="first admin")
+        issued = await create_key(session, tenant_id="default", role="admin", label="first admin")
+        await audit.record(
+            session, tenant_id="default", actor_key_id=None, action="api_key.create",
+            outcome="created", object_id=issued.key_id, detail={"role": "admin"},
+        )  # fmt: skip
+        return issued
 
     issued = asyncio.run(_with_session(action))
     if issued is None:

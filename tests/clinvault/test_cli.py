@@ -39,6 +39,13 @@ def test_keys_create_prints_the_key_alone_on_stdout(tmp_path: Path) -> None:
     revoked = run(tmp_path, "keys", "revoke", key_id)
     assert revoked.returncode == 0
     assert "revoked" in run(tmp_path, "keys", "list").stdout
+    # Both changes are in the audit chain, which still verifies.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "clinvault.db") as conn:
+        rows = conn.execute("SELECT action, object_id FROM audit_entries ORDER BY seq").fetchall()
+    assert rows == [("api_key.create", key_id), ("api_key.revoke", key_id)]
+    assert run(tmp_path, "audit", "verify").returncode == 0
 
 
 def test_master_key_file_is_created_private(tmp_path: Path) -> None:
