@@ -35,6 +35,7 @@ from clinvault_shared.crypto.errors import (
 from clinvault_shared.crypto.master import LocalKeyProvider
 from clinvault_shared.crypto.pseudonym import patient_ref
 from clinvault_shared.crypto.stream import CHUNK_SIZE
+from clinvault_shared.db.base import new_id
 from clinvault_shared.db.models import BlobObject, ScopeKey
 from clinvault_shared.db.session import create_engine, create_sessionmaker
 from clinvault_shared.errors import Conflict
@@ -222,6 +223,22 @@ async def test_caller_rollback_leaves_no_readable_object(
     async with maker() as session:
         with pytest.raises(ObjectNotFound):
             await blobs.get(session, stored.object_id)
+
+
+async def test_unregistered_ciphertext_can_be_discarded(
+    blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    # What a rolled-back put (or a killed job) leaves behind; absent ids are not an error.
+    async with maker() as session:
+        stored = await blobs.put(
+            session, tenant_id=TENANT, patient_id=PATIENT, scope="care", data=b"orphan"
+        )
+        await session.rollback()
+    assert await blobs.raw_ciphertext(stored.object_id) is not None
+    assert await blobs.discard_unregistered(stored.object_id) is True
+    assert await blobs.raw_ciphertext(stored.object_id) is None
+    assert await blobs.discard_unregistered(stored.object_id) is False
+    assert await blobs.discard_unregistered(new_id("obj")) is False
 
 
 async def test_one_scope_key_per_scope_even_when_first_puts_race(

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_shared import audit
 from clinvault_shared.auth import Principal
-from clinvault_shared.blobstore.backend import object_path, store_from_url
 from clinvault_shared.errors import ClinvaultError
 from clinvault_shared.runtime import Runtime
 from clinvault_shared.web import ERROR_RESPONSES
@@ -68,14 +67,6 @@ async def enqueue(runtime: Runtime, function: str, object_id: str, *, job_id: st
 async def discard_uncommitted(runtime: Runtime, object_ids: list[str]) -> None:
     """Delete ciphertext written for objects whose rows were never committed (no key exists for
     it anywhere, so this is tidiness, not secrecy)."""
-    if not object_ids:
-        return
-    import obstore
-
-    store = runtime.extras.get("raw_store")
-    if store is None:
-        store = store_from_url(runtime.settings.resolved_blob_url, runtime.settings)
-        runtime.extras["raw_store"] = store
     for object_id in object_ids:
         with contextlib.suppress(Exception):
-            await obstore.delete_async(store, object_path(object_id))
+            await runtime.blobs.discard_unregistered(object_id)

@@ -337,6 +337,18 @@ class EncryptedBlobStore:
         """The whole plaintext of an object (for small objects)."""
         return b"".join([chunk async for chunk in await self.get(session, object_id)])
 
+    async def discard_unregistered(self, object_id: str) -> bool:
+        """Delete ciphertext that never got its database row (a put whose transaction rolled
+        back, or a killed job's write). No key for it exists anywhere, so this is tidiness, not
+        secrecy. Returns True if something was there."""
+        path = object_path(object_id)
+        try:
+            await obstore.head_async(self._store, path)
+        except NOT_FOUND:
+            return False
+        await self._delete_quietly(path)
+        return True
+
     async def raw_ciphertext(self, object_id: str) -> bytes | None:
         """The stored ciphertext as is, or None (lets tests show what remains after a shred)."""
         try:

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_scrub.engine import ScrubResult
 from clinvault_scrub.worker.engine_call import run_engine
-from clinvault_shared.blobstore.backend import object_path, store_from_url
 from clinvault_shared.db.models import BlobObject
 from clinvault_shared.faults import is_transient
 from clinvault_shared.queue import RetryLater
@@ -124,24 +123,6 @@ async def discard_objects(
                 await runtime.blobs.delete(session, object_id)
                 count += 1
             continue
-        if await delete_ciphertext(runtime, object_id):
+        if await runtime.blobs.discard_unregistered(object_id):
             count += 1
     return count
-
-
-async def delete_ciphertext(runtime: Runtime, object_id: str) -> bool:
-    """Remove unregistered ciphertext (no key for it exists anywhere); True if it was there."""
-    import obstore
-    from obstore.exceptions import NotFoundError
-
-    store = runtime.extras.get("raw_store")
-    if store is None:
-        store = store_from_url(runtime.settings.resolved_blob_url, runtime.settings)
-        runtime.extras["raw_store"] = store
-    path = object_path(object_id)
-    try:
-        await obstore.head_async(store, path)
-    except NotFoundError:
-        return False
-    await obstore.delete_async(store, path)
-    return True
