@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "exif-samples"
+
+def _samples_dir() -> Path:
+    # Beside the checkout (../shared/samples), or where CLINVAULT_TEST_SAMPLES points (a clone
+    # elsewhere, such as CI's); never copied into the project.
+    configured = os.environ.get("CLINVAULT_TEST_SAMPLES")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / "shared" / "samples" / "exif-samples"
+
+
+SAMPLES = _samples_dir()
 
 
 @pytest.fixture(scope="session")
