@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
 
 from clinvault_shared.app import build_app
+from clinvault_shared.cpu_pool import cpu_pool
 from clinvault_shared.observability import configure_logging, instrument_job, start_metrics_server
 from clinvault_shared.queue import CronSpec, JobSpec, arq_worker_settings
 from clinvault_shared.runtime import Runtime
@@ -68,7 +68,7 @@ async def _worker_startup(ctx: dict[str, Any]) -> None:
                 settings.worker_metrics_port,
             )
     ctx["runtime"] = await Runtime.create(settings)
-    ctx["cpu_pool"] = ProcessPoolExecutor(max_workers=settings.worker_concurrency)
+    ctx["cpu_pool"] = cpu_pool(settings.worker_concurrency)
 
 
 async def _worker_shutdown(ctx: dict[str, Any]) -> None:

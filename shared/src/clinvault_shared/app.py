@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from clinvault_shared.cpu_pool import cpu_pool
 from clinvault_shared.observability import (
     ObservabilityMiddleware,
     configure_logging,
@@ -48,7 +49,7 @@ def build_app(
                     "this service enqueues jobs: set CLINVAULT_REDIS_URL "
                     "(or run `clinvault serve all`)"
                 )
-            pool = ProcessPoolExecutor(max_workers=settings.worker_concurrency)
+            pool = cpu_pool(settings.worker_concurrency)
             ctx: WorkerContext = {"runtime": runtime, "cpu_pool": pool}
             queue = InProcessQueue(
                 jobs=embedded_jobs,

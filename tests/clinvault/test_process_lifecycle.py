@@ -1,0 +1,106 @@
+"""The scrub process pool ends with the server that started it, however the server ends."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+EXE = str(Path(sys.executable).with_name("clinvault"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state, ppid, ...
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_pool_workers_do_not_outlive_the_server(tmp_path: Path, how: signal.Signals) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLINVAULT_")}
+    env["CLINVAULT_DATA_DIR"] = str(tmp_path / "data")
+    key = subprocess.run(
+        [EXE, "keys", "create", "--tenant", "t", "--role", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+    port = _free_port()
+    server = subprocess.Popen(
+        [EXE, "serve", "all", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        photo = io.BytesIO()
+        Image.new("RGB", (64, 48), (120, 90, 80)).save(photo, "JPEG")
+        uploaded = httpx.post(
+            f"{base}/v1/images",
+            headers=headers,
+            timeout=30,
+            data={"patient_id": "p-1", "source": "emr"},
+            files={"file": ("a.jpg", photo.getvalue(), "image/jpeg")},
+        )
+        assert uploaded.status_code == 202
+        image_url = f"{base}/v1/images/{uploaded.json()['id']}"
+        while time.monotonic() < deadline:
+            if httpx.get(image_url, headers=headers, timeout=5).json()["status"] == "ready":
+                break
+            time.sleep(0.2)
+        workers = _children(server.pid)
+        assert workers, "the scrub ran in a pool worker process"
+    finally:
+        server.send_signal(how)
+        server.wait(timeout=60)
+    deadline = time.monotonic() + 15
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(workers) == set()
