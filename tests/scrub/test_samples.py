@@ -51,10 +51,11 @@ def test_sample_scrubbed_or_rejected_with_reason(path: Path, exiftool, tmp_path:
     ]
 
 
+CORRUPTED = SAMPLES / "jpg" / "corrupted.jpg"
+
+
+@pytest.mark.skipif(not CORRUPTED.exists(), reason=f"sample {CORRUPTED} not present")
 def test_corrupted_sample_rejected() -> None:
-    path = SAMPLES / "jpg" / "corrupted.jpg"
-    if not path.exists():
-        pytest.skip("corrupted.jpg sample absent")
-    result = scrub(path.read_bytes())
+    result = scrub(CORRUPTED.read_bytes())
     assert not result.ok
     assert "JPEG" in result.reason
