@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_shared import audit
 from clinvault_shared.auth import Principal
-from clinvault_shared.errors import ClinvaultError
+from clinvault_shared.errors import ClinvaultError, NotFound
 from clinvault_shared.runtime import Runtime
 from clinvault_shared.web import ERROR_RESPONSES
 
 logger = logging.getLogger("clinvault.ingest")
+T = TypeVar("T")
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -49,6 +50,28 @@ async def refuse(
     )
     await session.commit()
     raise error
+
+
+async def found_or_refuse(
+    session: AsyncSession,
+    principal: Principal,
+    row: T | None,
+    *,
+    action: str,
+    object_id: str,
+    what: str,
+) -> T:
+    """The row, or an audited 404 (another tenant's object is answered as if it did not exist)."""
+    if row is None:
+        await refuse(
+            session,
+            principal,
+            tenant_id=principal.tenant_id,
+            action=action,
+            object_id=object_id,
+            error=NotFound(f"no such {what}"),
+        )
+    return row
 
 
 async def enqueue(runtime: Runtime, function: str, object_id: str, *, job_id: str) -> None:

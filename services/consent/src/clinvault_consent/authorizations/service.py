@@ -249,6 +249,42 @@ async def _enqueue_shred(queue: JobQueue | None, authorization_id: str) -> None:
         logger.warning("could not enqueue a shred job: %s", type(exc).__name__)
 
 
+async def _end(
+    session: AsyncSession,
+    blobs: EncryptedBlobStore,
+    queue: JobQueue | None,
+    authorization: Authorization,
+    *,
+    action: str,
+    actor_key_id: str | None,
+) -> tuple[int | None, dict[str, object]]:
+    """What revocation and expiry share, after the status change: record what was disclosed in
+    reliance, shred the scope key in this transaction, audit, commit, and enqueue the shred job
+    if the store failed. Returns (objects shredded or None if pending, the reliance record)."""
+    await session.flush()
+    reliance = await _disclosed_in_reliance(session, authorization)
+    shredded = await _shred_in_transaction(session, blobs, authorization)
+    await audit.record(
+        session,
+        tenant_id=authorization.tenant_id,
+        actor_key_id=actor_key_id,
+        action=action,
+        outcome=AUDIT_OK,
+        object_id=authorization.id,
+        patient_id=authorization.patient_id,
+        purpose=_audit_purpose(authorization),
+        detail={
+            "shred": "done" if shredded is not None else "pending",
+            "objects_shredded": shredded or 0,
+            "disclosed_in_reliance": reliance,
+        },
+    )
+    await session.commit()
+    if shredded is None:
+        await _enqueue_shred(queue, authorization.id)
+    return shredded, reliance
+
+
 async def revoke(
     session: AsyncSession,
     principal: Principal,
@@ -272,30 +308,13 @@ async def revoke(
     authorization.revoked_at = at
     authorization.revocation_reason = reason
     authorization.updated_at = at
-    await session.flush()
-    reliance = await _disclosed_in_reliance(session, authorization)
-    shredded = await _shred_in_transaction(session, blobs, authorization)
+    # The reason is free text (it may name people): it stays on the row, not in the chain.
+    shredded, reliance = await _end(
+        session, blobs, queue, authorization,
+        action="authorization.revoke", actor_key_id=principal.key_id,
+    )  # fmt: skip
     disclosures = reliance["disclosures"]
     disclosed = len(disclosures) if isinstance(disclosures, list) else 0
-    # The reason is free text (it may name people): it stays on the row, not in the chain.
-    await audit.record(
-        session,
-        tenant_id=authorization.tenant_id,
-        actor_key_id=principal.key_id,
-        action="authorization.revoke",
-        outcome=AUDIT_OK,
-        object_id=authorization.id,
-        patient_id=authorization.patient_id,
-        purpose=_audit_purpose(authorization),
-        detail={
-            "shred": "done" if shredded is not None else "pending",
-            "objects_shredded": shredded or 0,
-            "disclosed_in_reliance": reliance,
-        },
-    )
-    await session.commit()
-    if shredded is None:
-        await _enqueue_shred(queue, authorization.id)
     return RevocationOut(
         authorization=to_out(authorization, at),
         shred="done" if shredded is not None else "pending",
@@ -326,27 +345,10 @@ async def expire_due(
         authorization = due[0]
         authorization.status = "expired"
         authorization.updated_at = when
-        await session.flush()
-        reliance = await _disclosed_in_reliance(session, authorization)
-        shredded = await _shred_in_transaction(session, blobs, authorization)
-        await audit.record(
-            session,
-            tenant_id=authorization.tenant_id,
-            actor_key_id=None,
-            action="authorization.expire",
-            outcome=AUDIT_OK,
-            object_id=authorization.id,
-            patient_id=authorization.patient_id,
-            purpose=_audit_purpose(authorization),
-            detail={
-                "shred": "done" if shredded is not None else "pending",
-                "objects_shredded": shredded or 0,
-                "disclosed_in_reliance": reliance,
-            },
-        )
-        await session.commit()
-        if shredded is None:
-            await _enqueue_shred(queue, authorization.id)
+        await _end(
+            session, blobs, queue, authorization,
+            action="authorization.expire", actor_key_id=None,
+        )  # fmt: skip
         count += 1
 
 

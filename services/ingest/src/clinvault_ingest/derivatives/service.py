@@ -165,16 +165,9 @@ async def _visible(
     derivative = await repository.get(
         session, tenant_id=principal.tenant_id, derivative_id=derivative_id, for_update=for_update
     )
-    if derivative is None:
-        await common.refuse(
-            session,
-            principal,
-            tenant_id=principal.tenant_id,
-            action=action,
-            object_id=derivative_id,
-            error=NotFound("no such derivative"),
-        )
-    return derivative
+    return await common.found_or_refuse(
+        session, principal, derivative, action=action, object_id=derivative_id, what="derivative"
+    )
 
 
 async def _patient(session: AsyncSession, derivative: Derivative) -> str | None:

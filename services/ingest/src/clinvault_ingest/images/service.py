@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +33,6 @@ from clinvault_shared.errors import (
     Conflict,
     Forbidden,
     Gone,
-    NotFound,
     PayloadTooLarge,
     Unprocessable,
     UnsupportedMediaType,
@@ -331,16 +331,9 @@ async def _visible(
     image = await repository.get(
         session, tenant_id=principal.tenant_id, image_id=image_id, for_update=for_update
     )
-    if image is None:
-        await common.refuse(
-            session,
-            principal,
-            tenant_id=principal.tenant_id,
-            action=action,
-            object_id=image_id,
-            error=NotFound("no such image"),
-        )
-    return image
+    return await common.found_or_refuse(
+        session, principal, image, action=action, object_id=image_id, what="image"
+    )
 
 
 async def status(session: AsyncSession, principal: Principal, image_id: str) -> ImageStatus:
@@ -389,28 +382,23 @@ async def content(
     """The care copy, for treatment: needs a consent decision's permit, or break-glass."""
     action = "image.read_content"
     image = await _visible(session, principal, image_id, action)
+
+    async def refuse(error: ClinvaultError) -> NoReturn:
+        await common.refuse(
+            session,
+            principal,
+            tenant_id=principal.tenant_id,
+            action=action,
+            object_id=image.id,
+            patient_id=image.patient_id,
+            purpose="treatment",
+            error=error,
+        )
+
     if image.status == "deleted":
-        await common.refuse(
-            session,
-            principal,
-            tenant_id=principal.tenant_id,
-            action=action,
-            object_id=image.id,
-            patient_id=image.patient_id,
-            purpose="treatment",
-            error=Gone("this image was deleted (crypto-shredded)"),
-        )
+        await refuse(Gone("this image was deleted (crypto-shredded)"))
     if image.status != "ready" or image.care_object_id is None:
-        await common.refuse(
-            session,
-            principal,
-            tenant_id=principal.tenant_id,
-            action=action,
-            object_id=image.id,
-            patient_id=image.patient_id,
-            purpose="treatment",
-            error=_not_ready(image.status),
-        )
+        await refuse(_not_ready(image.status))
     decision = await decide(
         session,
         tenant_id=principal.tenant_id,
@@ -421,18 +409,11 @@ async def content(
     detail: dict[str, object] = {"basis": decision.basis}
     if not decision.permit:
         if not break_glass_reason or not break_glass_reason.strip():
-            await common.refuse(
-                session,
-                principal,
-                tenant_id=principal.tenant_id,
-                action=action,
-                object_id=image.id,
-                patient_id=image.patient_id,
-                purpose="treatment",
-                error=Forbidden(
+            await refuse(
+                Forbidden(
                     f"no consent permits treatment use: {decision.reason}; "
                     "an emergency read needs the X-Break-Glass-Reason header"
-                ),
+                )
             )
         if len(break_glass_reason) > BREAK_GLASS_MAX:
             raise BadRequest(f"X-Break-Glass-Reason is limited to {BREAK_GLASS_MAX} characters")
@@ -442,16 +423,7 @@ async def content(
     try:
         stream = await runtime.blobs.get(session, image.care_object_id)
     except KeyDestroyed:
-        await common.refuse(
-            session,
-            principal,
-            tenant_id=principal.tenant_id,
-            action=action,
-            object_id=image.id,
-            patient_id=image.patient_id,
-            purpose="treatment",
-            error=Gone("this image's keys were destroyed"),
-        )
+        await refuse(Gone("this image's keys were destroyed"))
     await audit.record(
         session,
         tenant_id=principal.tenant_id,
