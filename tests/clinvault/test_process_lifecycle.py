@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.processes import free_port, wait_healthy
+
 EXE = str(Path(sys.executable).with_name("clinvault"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> set[int]:
@@ -63,7 +58,7 @@ def test_pool_workers_do_not_outlive_the_server(tmp_path: Path, how: signal.Sign
         check=True,
         timeout=120,
     ).stdout.strip()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [EXE, "serve", "all", "--port", str(port)],
         env=env,
@@ -73,13 +68,8 @@ def test_pool_workers_do_not_outlive_the_server(tmp_path: Path, how: signal.Sign
     try:
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
+        assert wait_healthy(base, server)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         photo = io.BytesIO()
         Image.new("RGB", (64, 48), (120, 90, 80)).save(photo, "JPEG")
         uploaded = httpx.post(

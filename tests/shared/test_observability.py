@@ -7,11 +7,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import structlog
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
+from tests.processes import free_port, wait_healthy
 
 from clinvault_shared import observability as obs
 from clinvault_shared.app import build_app
@@ -406,12 +405,6 @@ SERVER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_api_exits_cleanly_on_sigterm_with_json_logs(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "CLINVAULT_DATA_DIR": str(tmp_path / "data")}
@@ -423,17 +416,11 @@ def test_api_exits_cleanly_on_sigterm_with_json_logs(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready")
+        if not wait_healthy(f"http://127.0.0.1:{port}", proc):
+            pytest.fail(
+                "server did not become ready: "
+                + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+            )
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
     finally:

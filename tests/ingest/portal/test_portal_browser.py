@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import httpx
 import piexif
 import pytest
 from PIL import Image
+
+from tests.processes import free_port, wait_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "portal"
@@ -44,12 +45,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _clinvault(env: dict[str, str], *args: str) -> str:
     exe = Path(sys.executable).with_name("clinvault")
     done = subprocess.run(
@@ -61,7 +56,7 @@ def _clinvault(env: dict[str, str], *args: str) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     data = tmp_path_factory.mktemp("portal-data")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLINVAULT_")}
     env.update(CLINVAULT_DATA_DIR=str(data), CLINVAULT_PUBLIC_BASE_URL=base)
@@ -74,14 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
+    if not wait_healthy(base, process):
         process.kill()
         raise RuntimeError("server did not start: " + (data / "server.log").read_text()[-2000:])
     yield {"base": base, "admin": admin, "data": data}
