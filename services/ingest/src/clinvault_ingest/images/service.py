@@ -47,12 +47,10 @@ BREAK_GLASS_MAX = 500
 
 @dataclass(frozen=True)
 class Uploader:
-    """Who uploads: an API key, or a patient through an invitation (patient and source fixed)."""
+    """Who uploads: an API key, or a patient through an invitation (then `key_id` is None)."""
 
     tenant_id: str
     key_id: str | None
-    patient_id: str | None = None
-    source: Source | None = None
     invitation_id: str | None = None
 
 
@@ -84,7 +82,7 @@ def _accepted(image: Image) -> ImageAccepted:
     return ImageAccepted(id=image.id, status="received", sha256=image.sha256)
 
 
-async def _read_form(reader: MultipartReader, uploader: Uploader) -> UploadForm:
+async def _read_form(reader: MultipartReader) -> UploadForm:
     """Form fields up to the `file` part; the reader is left at the start of the file."""
     values: dict[str, str] = {}
     while True:
@@ -96,10 +94,6 @@ async def _read_form(reader: MultipartReader, uploader: Uploader) -> UploadForm:
         if part.filename is not None:
             raise BadRequest("only one file, in the part named 'file', is accepted")
         values[part.name] = await reader.read_text()
-    if uploader.patient_id is not None:
-        # An invitation fixes the patient and the channel; the form cannot choose them.
-        values["patient_id"] = uploader.patient_id
-        values["source"] = (uploader.source or Source.patient_portal).value
     try:
         return UploadForm.model_validate(values)
     except ValidationError as exc:
@@ -169,7 +163,7 @@ async def upload(
             detail={"stage": "content_length"},
         )
     reader = MultipartReader(body, content_type, max_body_bytes=limit + FORM_OVERHEAD_BYTES)
-    form = await _read_form(reader, uploader)
+    form = await _read_form(reader)
     return await store_file(
         runtime,
         session,

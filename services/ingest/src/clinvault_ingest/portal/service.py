@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clinvault_ingest.images import service as images
-from clinvault_ingest.images.schemas import ImageAccepted, Source
+from clinvault_ingest.images.schemas import ImageAccepted
 from clinvault_ingest.invitations import repository as invitations_repository
 from clinvault_ingest.invitations import service as invitations
 from clinvault_ingest.multipart import MultipartReader
@@ -165,8 +165,6 @@ async def _store_one(
     uploader = images.Uploader(
         tenant_id=invitation.tenant_id,
         key_id=None,
-        patient_id=invitation.patient_id,
-        source=Source.patient_portal,
         invitation_id=invitation.id,
     )
     try:
