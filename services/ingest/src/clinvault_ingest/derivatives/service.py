@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,8 +20,8 @@ from clinvault_shared import audit, jobs
 from clinvault_shared.auth import Principal
 from clinvault_shared.blobstore import KeyDestroyed
 from clinvault_shared.db.base import new_id, utcnow
-from clinvault_shared.db.models import Authorization, Derivative
-from clinvault_shared.decisions import decide
+from clinvault_shared.db.models import Derivative
+from clinvault_shared.decisions import authorization_state, decide
 from clinvault_shared.errors import ClinvaultError, Conflict, Forbidden, Gone, NotFound
 from clinvault_shared.runtime import Runtime
 
@@ -44,14 +43,6 @@ def to_status(derivative: Derivative) -> DerivativeStatus:
         created_at=derivative.created_at,
         updated_at=derivative.updated_at,
     )
-
-
-def authorization_active(authorization: Authorization | None, at: datetime | None = None) -> bool:
-    """Active, and not past its expiry (the expiry job may not have run yet)."""
-    if authorization is None or authorization.status != "active":
-        return False
-    now = at or datetime.now(UTC)
-    return authorization.expires_at is None or now < authorization.expires_at
 
 
 async def create(
@@ -223,7 +214,8 @@ async def _open(
     authorization = await repository.authorization(
         session, tenant_id=principal.tenant_id, authorization_id=derivative.authorization_id
     )
-    if not authorization_active(authorization):
+    # The effective state: an authorization past its expiry is over before the expiry job runs.
+    if authorization is None or authorization_state(authorization, utcnow()) != "active":
         await no(Gone("the authorization for this derivative is no longer active"))
     if derivative.status not in allowed or derivative.object_id is None:
         await no(Conflict(f"the derivative is {derivative.status}"))

@@ -17,17 +17,11 @@ from clinvault_scrub.worker.common import (
     transient_faults_retry,
 )
 from clinvault_shared.blobstore import BlobUnavailable, KeyDestroyed
-from clinvault_shared.db.models import Authorization
+from clinvault_shared.decisions import authorization_state
 from clinvault_shared.faults import is_transient
 from clinvault_shared.runtime import WorkerContext
 
 KIND = "derivative"
-
-
-def _active(authorization: Authorization | None) -> bool:
-    if authorization is None or authorization.status != "active":
-        return False
-    return authorization.expires_at is None or datetime.now(UTC) < authorization.expires_at
 
 
 async def build_derivative(ctx: WorkerContext | dict[str, Any], derivative_id: str) -> str:
@@ -78,7 +72,10 @@ async def build_derivative(ctx: WorkerContext | dict[str, Any], derivative_id: s
                 )
                 await session.commit()
                 return "rejected"
-            if not _active(authorization):
+            if (
+                authorization is None
+                or authorization_state(authorization, datetime.now(UTC)) != "active"
+            ):
                 await repository.finish_derivative(
                     session,
                     derivative_id,
