@@ -14,6 +14,9 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+import re2
 
 from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.icc import clean_icc, icc_is_clean
@@ -22,7 +25,17 @@ from clinvault_scrub.engine.model import Rejected
 SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _TABLES = {0xC4, 0xCC, 0xDB, 0xDD, 0xDC}  # DHT, DAC, DQT, DRI, DNL
-_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _latin1(pattern: bytes) -> Any:
+    """An RE2 pattern over bytes (RE2 reads patterns as UTF-8 unless told otherwise)."""
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1
+    return re2.compile(pattern, options)
+
+
+# The first marker after a scan: 0xFF followed by anything but stuffing, fill or a restart.
+_MARKER_AFTER_SCAN = _latin1(rb"\xff[^\x00\xd0-\xd7\xff]")
 _NOT_A_MARKER = frozenset([0x00, 0xFF, *range(0xD0, 0xD8)])  # stuffing, fill, restart
 _ICC_SIG = b"ICC_PROFILE\x00"
 _XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
