@@ -193,17 +193,17 @@ def test_detection_ignores_the_file_name(tmp_path: Path) -> None:
 def test_verification_fails_closed_on_hint_in_bytes() -> None:
     clean = scrub(corpus.leaky_png()).output
     assert clean is not None
-    assert verify.check(clean, "png", allow_orientation=False, hints=["Jane Roe"]) == []
+    assert verify.check(clean, "png", hints=["Jane Roe"]) == []
     poisoned = clean[:-12] + struct.pack(">I", 8) + b"clNvjane roe" + clean[-12:]
-    assert verify.check(poisoned, "png", allow_orientation=False, hints=["Jane Roe"])
+    assert verify.check(poisoned, "png", hints=["Jane Roe"])
 
 
 def test_verification_rejects_leftover_metadata() -> None:
     out = scrub(corpus.leaky_jpeg()).output
     assert out is not None
     bad = out[:2] + b"\xff\xfe\x00\x07hello" + out[2:]
-    assert jpeg.check_clean(bad, allow_orientation=True)
-    assert jpeg.check_clean(out + b"tail", allow_orientation=True)
+    assert jpeg.check_clean(bad)
+    assert jpeg.check_clean(out + b"tail")
 
 
 def test_hint_matched_output_bytes_rejects_file() -> None:
@@ -231,20 +231,20 @@ def test_scan_runs_match_a_full_reparse(progressive: bool) -> None:
         offsets += len(seg.raw)
     assert j.scan_runs == found
     assert len(found) > 1 if progressive else len(found) == 1
-    assert jpeg.check_clean(j.output, allow_orientation=True, known_runs=j.scan_runs) == []
+    assert jpeg.check_clean(j.output, known_runs=j.scan_runs) == []
 
 
 def test_known_runs_are_checked_not_trusted_blindly() -> None:
     j = jpeg.scrub_care(corpus.leaky_jpeg(), max_pixels=10**8)
     (start, length), *_ = j.scan_runs.items()
     # A run that does not end on a marker, or a header where the run should start: rejected.
-    assert jpeg.check_clean(j.output, allow_orientation=True, known_runs={start: length - 1})
+    assert jpeg.check_clean(j.output, known_runs={start: length - 1})
     # Metadata after the entropy-coded data is still found by the re-parse.
     out = j.output
     cut = start + length
     bad = out[:cut] + b"\xff\xfe\x00\x07hello" + out[cut:]
-    assert jpeg.check_clean(bad, allow_orientation=True, known_runs=j.scan_runs)
-    assert jpeg.check_clean(out + b"tail", allow_orientation=True, known_runs=j.scan_runs)
+    assert jpeg.check_clean(bad, known_runs=j.scan_runs)
+    assert jpeg.check_clean(out + b"tail", known_runs=j.scan_runs)
 
 
 def test_engine_version_matches_the_package_metadata() -> None:

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 import scrub_corpus as corpus
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from skimage import data as skdata
 
-from clinvault_scrub import Hints, Limits, Profile, Region, scrub
+from clinvault_scrub import Hints, Profile, Region, scrub
 from clinvault_scrub.engine import faces
 
 # The astronaut's face in scikit-image's 512x512 picture (checked by hand).
@@ -24,8 +24,10 @@ def _jpeg(im: Image.Image, **kw: object) -> bytes:
 
 
 def _decode(out: bytes | None) -> np.ndarray:
+    """The output's pixels as a viewer shows them (its Orientation tag applied)."""
     assert out is not None
-    return np.asarray(Image.open(io.BytesIO(out)).convert("RGB")).astype(int)
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(out)))
+    return np.asarray(shown.convert("RGB")).astype(int)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,27 @@ def test_orientation_applied_before_detection(orientation: int, astronaut: Image
     assert result.faces_redacted >= 1
     x1, y1, x2, y2 = FACE
     assert px[y1 + 20 : y2 - 20, x1 + 20 : x2 - 20].max() < 40  # same place as the upright picture
+    # A JPEG keeps its pixels as stored with a minimal Orientation tag, like a care scrub.
+    shown_as_stored = Image.open(io.BytesIO(result.output or b""))
+    assert shown_as_stored.size == stored.size
+    assert shown_as_stored.getexif().get(0x0112, 1) == orientation
+    assert "orientation (applied to pixels)" not in result.removed
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_orientation_is_applied_to_lossless_output(orientation: int) -> None:
+    """A PNG cannot keep the tag through our scrub, so its pixels are turned to display."""
+    rng = np.random.default_rng(orientation)
+    stored = Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged = io.BytesIO()
+    stored.save(tagged, "PNG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(tagged.getvalue()))))
+    result = scrub(tagged.getvalue(), Profile.DEIDENTIFY, detect_faces=False, read_text=False)
+    assert result.ok, result.reason
+    assert result.output_format == "png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.output or b""))), expected)
     assert "orientation (applied to pixels)" in result.removed
 
 
@@ -155,38 +178,28 @@ def test_missing_detector_is_flagged_never_skipped_silently(astronaut: Image.Ima
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_decoder_orients_in_strips_like_pillow(
-    orientation: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The decoder writes oriented strips to the memfd; the result must equal a whole transpose."""
-    import mmap
-    import os
+def test_stored_box_is_the_displayed_box_in_stored_pixels(orientation: int) -> None:
+    """Filling stored_box() of the stored image fills exactly the box once displayed."""
+    from clinvault_scrub.engine.decode import _transpose, stored_box
 
-    from PIL import ImageOps
+    stored = Image.new("L", (97, 61), 255)
+    displayed_size = _transpose(stored, orientation).size
+    box = (5, 7, 31, 20)  # x1, y1, x2, y2 in displayed pixels
+    stored.paste(0, stored_box(box, stored.size, orientation))
+    shown = np.asarray(_transpose(stored, orientation))
+    expected = np.full(displayed_size[::-1], 255, dtype=np.uint8)
+    expected[7:20, 5:31] = 0
+    assert np.array_equal(shown, expected)
 
-    from clinvault_scrub.engine import decode
 
-    monkeypatch.setattr(decode, "_STRIP_BYTES", 4 * 97 * 7)  # uneven strips, several of them
-    rng = np.random.default_rng(orientation)
-    stored = Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    tagged = io.BytesIO()
-    stored.save(tagged, "PNG", exif=exif)
-    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(tagged.getvalue()))))
-    fd = os.memfd_create("test-pixels")
-    try:
-        got = decode.decode_display(tagged.getvalue(), Limits(), fd, 40)
-        assert (got.width, got.height) == expected.shape[1::-1]
-        with mmap.mmap(fd, got.width * got.height * 4) as mm:
-            px = np.frombuffer(mm, dtype=np.uint8).reshape(got.height, got.width, 4)
-            assert np.array_equal(px[:, :, :3], expected)
-            del px
-        det = np.frombuffer(got.det_pixels, dtype=np.uint8)
-        assert det.reshape(got.det_height, got.det_width, 3).shape[1::-1] == (
-            got.det_width,
-            got.det_height,
-        )
-        assert (got.det_width > got.det_height) == (got.width > got.height)
-    finally:
-        os.close(fd)
+def test_keep_region_cuts_an_automatic_fill_into_pieces() -> None:
+    from clinvault_scrub.engine.deidentify import subtract
+
+    pieces = subtract((0, 0, 10, 10), (3, 3, 6, 6))
+    covered = np.zeros((10, 10), dtype=int)
+    for x1, y1, x2, y2 in pieces:
+        covered[y1:y2, x1:x2] += 1
+    assert covered[3:6, 3:6].sum() == 0
+    assert covered.sum() == 100 - 9  # the rest...
+    assert covered.max() == 1  # ...each pixel once
+    assert subtract((0, 0, 4, 4), (5, 5, 8, 8)) == [(0, 0, 4, 4)]

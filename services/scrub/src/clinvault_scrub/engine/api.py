@@ -37,9 +37,10 @@ def _care(
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
     # Only TIFF and HEIF decode on a care scrub: the sandbox loads when they come.
-    from clinvault_scrub.engine.decode import recode_heif, recode_tiff
+    from clinvault_scrub.engine.decode import preload, recode_heif, recode_tiff
     from clinvault_scrub.engine.sandbox import run_limited
 
+    preload()
     recode = recode_tiff if fmt == "tiff" else recode_heif
     r = run_limited(recode, (data, limits), limits)
     result.removed, result.captured_at = r.removed, r.captured_at
@@ -98,8 +99,9 @@ def scrub(
             jpeg_runs = {}  # a new encoding: every byte is searched
             result.reencoded = True
             result.captured_at = None
-            for name in ("timestamps", "orientation (applied to pixels)"):
-                result.removed.append(name)
+            result.removed.append("timestamps")
+            if d.orientation_applied:
+                result.removed.append("orientation (applied to pixels)")
             if d.pages_dropped:
                 result.removed.append("extra frames/pages")
             result.findings = d.findings
@@ -110,7 +112,6 @@ def scrub(
         problems = verify.check(
             output,
             out_fmt,
-            allow_orientation=profile is Profile.CARE,
             hints=terms,
             jpeg_runs=jpeg_runs,
         )

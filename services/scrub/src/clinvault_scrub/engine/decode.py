@@ -1,17 +1,16 @@
 """Decoder-side work that runs inside the sandbox child (see sandbox.py).
 
 Each function takes the untrusted bytes and returns plain values (bytes, ints, strings) that
-the parent can trust: re-encoded containers for TIFF and HEIF, or oriented pixels for
-de-identification (written into a memfd the parent maps, so a 48 MP image is not copied
-through a pipe).
+the parent can trust: re-encoded containers for TIFF and HEIF, or a de-identified image. For
+de-identification the full-size pixels never leave the child: it sends small oriented copies
+to the parent's detectors, gets back the rectangles to fill, and fills and encodes them itself.
 """
 
 from __future__ import annotations
 
 import io
-import mmap
-import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -76,24 +75,50 @@ class Recoded:
     frames: int = 1
 
 
-@dataclass
-class Decoded:
-    """Oriented display pixels (in a memfd, 4 bytes a pixel) and a small detection copy (inline).
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2: pixels [x1, x2) x [y1, y2)
 
-    `mode` is "RGBX" (the fourth byte is padding) or "RGBA": Pillow keeps RGB images with four
-    bytes a pixel, so this layout is copied line by line in the child and maps into a Pillow
-    image in the parent without another copy (Image.frombuffer shares the buffer).
+
+@dataclass
+class DetectionView:
+    """What the detectors see: reduced RGB copies of the image as displayed (oriented).
+
+    `width` and `height` are the displayed full size; the boxes sent back are in those pixels.
+    `text_pixels` is empty when no text is to be read.
     """
 
-    mode: str
     width: int
     height: int
-    det_mode: str
     det_width: int
     det_height: int
     det_pixels: bytes
-    icc: bytes | None
+    text_width: int
+    text_height: int
+    text_pixels: bytes
+
+
+@dataclass
+class Rendered:
+    """The de-identified image, encoded. A JPEG keeps the Orientation tag and its pixels as
+    stored (rotating a 48 MP image would double the child's memory); a PNG has it applied."""
+
+    output: bytes
+    output_format: str
+    orientation: int
+    orientation_applied: bool
     pages_dropped: int
+
+
+def preload() -> None:
+    """Import every decoder the child may need, here, before forking it.
+
+    A child that imports Pillow's plugins or pillow-heif itself pays for it on every image
+    (tens of milliseconds; far more where no bytecode is cached); one forked after this
+    inherits them.
+    """
+    from PIL import Image
+
+    Image.init()
+    _heif_opener()
 
 
 def _heif_opener() -> None:
@@ -225,15 +250,22 @@ def recode_heif(data: bytes, limits: Limits) -> Recoded:
     return result
 
 
-_STRIP_BYTES = 8 * 1024 * 1024  # pixels go to the memfd in strips of about this size
+JPEG_QUALITY = 90
+_LOSSLESS_INPUTS = ("png", "gif", "tiff")
 
 
-def decode_display(data: bytes, limits: Limits, memfd: int, det_side: int) -> Decoded:
-    """Oriented pixels of the first image/page/frame into memfd; a reduced copy for detectors.
+def render_redacted(
+    data: bytes,
+    input_format: str,
+    limits: Limits,
+    det_side: int,
+    text_side: int,
+    ask: Callable[[DetectionView], list[Box]],
+) -> Rendered:
+    """Decode the first image/page/frame, ask which displayed rectangles to fill, encode.
 
-    The image is decoded once. Memory stays at one decoded image plus the memfd: no converted,
-    transposed or `tobytes()` copy of the whole image is made (strips are oriented and copied
-    one at a time), which is what keeps a 48 MP image within a few hundred megabytes.
+    The image is decoded once and filled in place; the only other pixel buffers are the
+    reduced copies, so a 48 MP photo costs one decoded image plus its encoded output.
     """
     from PIL import Image
 
@@ -248,54 +280,71 @@ def decode_display(data: bytes, limits: Limits, memfd: int, det_side: int) -> De
     if not 1 <= orientation <= 8:
         orientation = 1  # an out-of-range tag means no transform, as viewers treat it
     keep_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    mode = "RGBA" if keep_alpha else "RGBX"
-    im.load()
     target = "RGBA" if keep_alpha else "RGB"
+    im.load()
     full = im if im.mode == target else im.convert(target)
+    del im
 
-    # Detection copy: a box-filtered reduction of the decoded pixels (about 10 ms for 12 MP;
-    # cheaper here than a second, draft()-scaled JPEG decode), long side at least det_side.
-    factor = max(1, max(full.size) // max(1, det_side))
-    det = (full.reduce(factor) if factor > 1 else full).convert("RGB")
-    det = _transpose(det, orientation)
+    # Detection copies: box-filtered reductions of the decoded pixels (about 10 ms for 12 MP;
+    # cheaper than a second, draft()-scaled decode), oriented as displayed.
+    det = _oriented_copy(full, max(1, max(full.size) // max(1, det_side)), orientation)
+    text = _oriented_copy(full, -(-max(full.size) // text_side), orientation) if text_side else None
+    width, height = _oriented_size(full.size, orientation)
+    boxes = ask(
+        DetectionView(
+            width=width,
+            height=height,
+            det_width=det.size[0],
+            det_height=det.size[1],
+            det_pixels=det.tobytes(),
+            text_width=text.size[0] if text else 0,
+            text_height=text.size[1] if text else 0,
+            text_pixels=text.tobytes() if text else b"",
+        )
+    )
+    del det, text
+    black = (0, 0, 0, 255) if keep_alpha else (0, 0, 0)
+    for box in boxes:
+        full.paste(black, stored_box(box, full.size, orientation))
 
-    w, h = _oriented_size(full.size, orientation)
-    size = w * h * 4
-    os.ftruncate(memfd, size)
-    rows = max(1, _STRIP_BYTES // (w * 4))
-    with mmap.mmap(memfd, size) as mm:
-        for top in range(0, h, rows):
-            bottom = min(h, top + rows)
-            box = _source_box(full.size, orientation, top, bottom)
-            strip = _transpose(full.crop(box), orientation)
-            raw = strip.tobytes("raw", mode)
-            mm[top * w * 4 : bottom * w * 4] = raw
-            del strip, raw
-    return Decoded(
-        mode=mode,
-        width=w,
-        height=h,
-        det_mode="RGB",
-        det_width=det.size[0],
-        det_height=det.size[1],
-        det_pixels=det.tobytes(),
-        icc=icc,
+    buf = io.BytesIO()
+    kwargs: dict[str, Any] = {"icc_profile": icc} if icc else {}
+    lossless = input_format in _LOSSLESS_INPUTS or keep_alpha
+    if lossless:
+        # PNG has no Orientation tag our scrub keeps: the pixels are turned instead.
+        _transpose(full, orientation).save(buf, "PNG", compress_level=6, **kwargs)
+    else:
+        if orientation != 1:
+            kwargs["exif"] = b"Exif\x00\x00" + exif_mod.minimal_exif(orientation)
+        full.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False, **kwargs)
+    return Rendered(
+        output=buf.getvalue(),
+        output_format="png" if lossless else "jpeg",
+        orientation=orientation,
+        orientation_applied=lossless and orientation != 1,
         pages_dropped=frames - 1,
     )
 
 
-def _source_box(
-    size: tuple[int, int], orientation: int, top: int, bottom: int
-) -> tuple[int, int, int, int]:
-    """The box of the stored image that rows [top, bottom) of the displayed image come from."""
+def _oriented_copy(full: Any, factor: int, orientation: int) -> Any:
+    reduced = full.reduce(factor) if factor > 1 else full
+    return _transpose(reduced.convert("RGB"), orientation)
+
+
+def stored_box(box: Box, size: tuple[int, int], orientation: int) -> Box:
+    """The rectangle of the stored image (size W x H) that a displayed rectangle shows."""
+    x1, y1, x2, y2 = box
     w, h = size
-    if orientation in (1, 2):
-        return (0, top, w, bottom)
-    if orientation in (3, 4):
-        return (0, h - bottom, w, h - top)
-    if orientation in (5, 6):
-        return (top, 0, bottom, h)
-    return (w - bottom, 0, w - top, h)  # 7, 8
+    return {
+        1: (x1, y1, x2, y2),
+        2: (w - x2, y1, w - x1, y2),
+        3: (w - x2, h - y2, w - x1, h - y1),
+        4: (x1, h - y2, x2, h - y1),
+        5: (y1, x1, y2, x2),
+        6: (y1, h - x2, y2, h - x1),
+        7: (w - y2, h - x2, w - y1, h - x1),
+        8: (w - y2, x1, w - y1, x2),
+    }[orientation]
 
 
 def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:

@@ -1,21 +1,20 @@
 """De-identification of pixels: orientation, faces, caller regions, barcodes, burned-in text.
 
-Decoding happens in the sandbox child; everything here works on trusted numpy arrays.
+The sandbox child decodes and holds the full-size pixels (decode.render_redacted); this side
+runs the detectors on the small oriented copies it sends, in displayed coordinates, and
+answers with the rectangles to fill. Everything here works on trusted numpy arrays.
 """
 
 from __future__ import annotations
 
-import io
-import mmap
-import os
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clinvault_scrub.engine import barcodes, faces, ocr
-from clinvault_scrub.engine.decode import Decoded, decode_display
-from clinvault_scrub.engine.model import Finding, Limits, Region, Rejected
+from clinvault_scrub.engine.decode import Box, DetectionView, Rendered, preload, render_redacted
+from clinvault_scrub.engine.model import Finding, Limits, Region
 from clinvault_scrub.engine.sandbox import run_limited
 
 DET_SIDE = 640  # long side of the face-detection copy
@@ -27,7 +26,6 @@ FACE_MARGIN = 0.15
 LARGE_FACE_SHARE = 0.2
 OCR_REDACT_CONF = 60.0
 OCR_REVIEW_CONF = 30.0
-JPEG_QUALITY = 90
 
 
 @dataclass
@@ -38,6 +36,7 @@ class Deidentified:
     review_reasons: list[str] = field(default_factory=list)
     faces_redacted: int = 0
     pages_dropped: int = 0
+    orientation_applied: bool = False
 
 
 def _norm(text: str) -> str:
@@ -57,18 +56,32 @@ def _hint_tokens(hints: list[str]) -> set[str]:
     return tokens
 
 
-def _clip(box: tuple[float, float, float, float], w: int, h: int) -> tuple[int, int, int, int]:
+def _clip(box: tuple[float, float, float, float], w: int, h: int) -> Box:
     x1, y1, x2, y2 = box
     return (max(0, int(x1)), max(0, int(y1)), min(w, int(np.ceil(x2))), min(h, int(np.ceil(y2))))
 
 
-def _overlaps(box: tuple[int, int, int, int], region: Region) -> bool:
-    return not (
-        box[2] <= region.x
-        or region.x + region.w <= box[0]
-        or box[3] <= region.y
-        or region.y + region.h <= box[1]
-    )
+def _overlaps(a: Box, b: Box) -> bool:
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+def subtract(box: Box, cut: Box) -> list[Box]:
+    """`box` without `cut`, as at most four disjoint rectangles."""
+    if not _overlaps(box, cut):
+        return [box]
+    x1, y1, x2, y2 = box
+    cx1, cy1, cx2, cy2 = cut
+    pieces = []
+    if y1 < cy1:
+        pieces.append((x1, y1, x2, cy1))
+    if cy2 < y2:
+        pieces.append((x1, cy2, x2, y2))
+    top, bottom = max(y1, cy1), min(y2, cy2)
+    if x1 < cx1:
+        pieces.append((x1, top, cx1, bottom))
+    if cx2 < x2:
+        pieces.append((cx2, top, x2, bottom))
+    return pieces
 
 
 def run(
@@ -82,96 +95,63 @@ def run(
     detect_faces: bool = True,
     read_text: bool = True,
 ) -> Deidentified:
-    from PIL import Image
+    result = Deidentified(b"", "")
 
-    memfd = os.memfd_create("clinvault-pixels")
-    try:
-        decoded: Decoded = run_limited(decode_display, (data, limits, memfd, BARCODE_SIDE), limits)
-        if decoded.mode not in ("RGBX", "RGBA"):
-            raise Rejected("decoder returned an unexpected pixel layout")
-        size = decoded.width * decoded.height * 4
-        if os.fstat(memfd).st_size != size:
-            raise Rejected("decoder returned an unexpected pixel count")
-        lossless = input_format in ("png", "gif", "tiff") or decoded.mode == "RGBA"
-        buf = io.BytesIO()
-        kwargs: dict[str, object] = {}
-        if decoded.icc:
-            kwargs["icc_profile"] = decoded.icc
-        with mmap.mmap(memfd, size) as mm:
-            # One copy of the pixels, shared with the decoder child: redaction fills it in
-            # place through this numpy view, and the encoder reads it through a Pillow image
-            # over the same buffer.
-            pixels = np.frombuffer(mm, dtype=np.uint8).reshape(decoded.height, decoded.width, 4)
-            result = _redact(pixels, decoded, redactions, keep, hints, detect_faces, read_text)
-            del pixels
-            im = Image.frombuffer(
-                decoded.mode,
-                (decoded.width, decoded.height),
-                mm,  # type: ignore[arg-type]  # a writable buffer; the stubs list bytes only
-                "raw",
-                decoded.mode,
-                0,
-                1,
-            )
-            if lossless:
-                out = im if decoded.mode == "RGBA" else im.convert("RGB")
-                out.save(buf, "PNG", compress_level=6, **kwargs)
-                result.output_format = "png"
-                del out
-            else:
-                im.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False, **kwargs)
-                result.output_format = "jpeg"
-            del im
-        result.output = buf.getvalue()
-        result.pages_dropped = decoded.pages_dropped
-        return result
-    finally:
-        os.close(memfd)
+    def plan(view: DetectionView) -> list[Box]:
+        return _plan(view, result, redactions, keep, hints, detect_faces, read_text)
+
+    preload()
+    rendered: Rendered = run_limited(
+        render_redacted,
+        (data, input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0),
+        limits,
+        answer=plan,
+    )
+    result.output, result.output_format = rendered.output, rendered.output_format
+    result.pages_dropped = rendered.pages_dropped
+    result.orientation_applied = rendered.orientation_applied
+    return result
 
 
-def _redact(
-    pixels: np.ndarray,
-    decoded: Decoded,
+def _plan(
+    view: DetectionView,
+    out: Deidentified,
     redactions: list[Region],
     keep: list[Region],
     hints: list[str],
     detect_faces: bool,
     read_text: bool,
-) -> Deidentified:
-    h, w = pixels.shape[:2]
-    out = Deidentified(b"", "")
-    keep_mask: np.ndarray | None = None
-    if keep:
-        keep_mask = np.zeros((h, w), dtype=bool)
-        for k in keep:
-            keep_mask[max(0, k.y) : max(0, k.y + k.h), max(0, k.x) : max(0, k.x + k.w)] = True
+) -> list[Box]:
+    """The rectangles to fill (displayed pixels); findings and review reasons go into `out`."""
+    w, h = view.width, view.height
+    keeps = [_clip(k.as_box(), w, h) for k in keep]
+    fills: list[Box] = []
 
     def review(reason: str) -> None:
         if reason not in out.review_reasons:
             out.review_reasons.append(reason)
 
-    def fill(box: tuple[int, int, int, int], automatic: bool) -> bool:
-        x1, y1, x2, y2 = box
-        if x2 <= x1 or y2 <= y1:
+    def fill(box: Box, automatic: bool) -> bool:
+        if box[2] <= box[0] or box[3] <= box[1]:
             return False
-        area = pixels[y1:y2, x1:x2]
-        if automatic and keep_mask is not None and keep_mask[y1:y2, x1:x2].any():
-            area[~keep_mask[y1:y2, x1:x2]] = 0
+        pieces = [box]
+        if automatic and any(_overlaps(box, k) for k in keeps):
+            for k in keeps:
+                pieces = [p for piece in pieces for p in subtract(piece, k)]
             review("an automatic redaction overlaps a keep region")
             out.findings.append(Finding("conflict", box, note="keep region left visible"))
-        else:
-            area[...] = 0
+        fills.extend(pieces)
         return True
 
     # Caller regions (displayed-image coordinates).
     for r in redactions:
-        box = _clip((r.x, r.y, r.x + r.w, r.y + r.h), w, h)
+        box = _clip(r.as_box(), w, h)
         done = fill(box, automatic=False)
         out.findings.append(Finding("region", box, label=r.label, redacted=done))
 
     # Faces on a small copy (long side DET_SIDE) of the decoder's reduced copy, boxes scaled up.
-    reduced = np.frombuffer(decoded.det_pixels, dtype=np.uint8).reshape(
-        decoded.det_height, decoded.det_width, 3
+    reduced = np.frombuffer(view.det_pixels, dtype=np.uint8).reshape(
+        view.det_height, view.det_width, 3
     )
     if detect_faces:
         from PIL import Image
@@ -202,8 +182,8 @@ def _redact(
         )
         review("face detection disabled")
 
-    # Barcodes on the decoder's reduced copy (once; boxes scaled up to full size).
-    bx, by = w / decoded.det_width, h / decoded.det_height
+    # Barcodes on the decoder's reduced copy (boxes scaled up to full size).
+    bx, by = w / view.det_width, h / view.det_height
     try:
         for x1, y1, x2, y2, fmt in barcodes.find(reduced):
             pad = 0.1 * max(x2 - x1, y2 - y1)
@@ -215,21 +195,26 @@ def _redact(
         out.findings.append(Finding("detector_unavailable", label="barcodes"))
         review("barcode reader not available")
 
-    if read_text:
-        # Text on a mid-size copy (strided view of the full pixels, copied once for tesseract).
-        factor = max(1, int(np.ceil(max(w, h) / TEXT_SIDE)))
-        mid = np.ascontiguousarray(pixels[::factor, ::factor, :3])
-        _text(mid, factor, w, h, hints, out, fill, review)
-        del mid
-    else:
+    if read_text and view.text_pixels:
+        # OCR sees the text copy with what is already to be filled blanked out, as the output
+        # will show it (text inside a redacted face is gone, not "left for a reviewer").
+        text = np.frombuffer(view.text_pixels, dtype=np.uint8).reshape(
+            view.text_height, view.text_width, 3
+        )
+        text = text.copy()
+        tx, ty = w / view.text_width, h / view.text_height
+        for x1, y1, x2, y2 in fills:
+            text[int(y1 / ty) : int(np.ceil(y2 / ty)), int(x1 / tx) : int(np.ceil(x2 / tx))] = 0
+        _text(text, (tx, ty), w, h, hints, out, fill, review)
+    elif not read_text:
         out.findings.append(
             Finding("detector_unavailable", label="text", note="disabled by caller")
         )
         review("text detection disabled")
-    return out
+    return fills
 
 
-def _text(mid, factor, w, h, hints, out, fill, review) -> None:  # type: ignore[no-untyped-def]  # closure helpers
+def _text(mid, scale, w, h, hints, out, fill, review) -> None:  # type: ignore[no-untyped-def]  # closure helpers
     try:
         words = ocr.read_words(mid)
     except ocr.OcrUnavailable:
@@ -250,7 +235,7 @@ def _text(mid, factor, w, h, hints, out, fill, review) -> None:  # type: ignore[
                 out.findings.append(
                     Finding(
                         "identifier",
-                        _scale(word.box, factor, w, h),
+                        _scale(word.box, scale, w, h),
                         score=word.conf / 100,
                         redacted=True,
                     )
@@ -260,7 +245,7 @@ def _text(mid, factor, w, h, hints, out, fill, review) -> None:  # type: ignore[
                 hit_line = True
         for word in line_words:
             n = _norm(word.text)
-            box = _scale(word.box, factor, w, h)
+            box = _scale(word.box, scale, w, h)
             if hit_line and (word.conf >= OCR_REVIEW_CONF or len(n) >= 2):
                 fill(box, automatic=True)
                 out.findings.append(Finding("text", box, score=word.conf / 100, redacted=True))
@@ -271,17 +256,11 @@ def _text(mid, factor, w, h, hints, out, fill, review) -> None:  # type: ignore[
                 review("possible text left for a reviewer")
 
 
-def _scale(
-    box: tuple[int, int, int, int], factor: int, w: int, h: int
-) -> tuple[int, int, int, int]:
+def _scale(box: Box, scale: tuple[float, float], w: int, h: int) -> Box:
     pad = 2
+    sx, sy = scale
     return _clip(
-        (
-            (box[0] - pad) * factor,
-            (box[1] - pad) * factor,
-            (box[2] + pad) * factor,
-            (box[3] + pad) * factor,
-        ),
+        ((box[0] - pad) * sx, (box[1] - pad) * sy, (box[2] + pad) * sx, (box[3] + pad) * sy),
         w,
         h,
     )

@@ -285,9 +285,7 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
     )
 
 
-def check_clean(
-    output: bytes, *, allow_orientation: bool, known_runs: Mapping[int, int] | None = None
-) -> list[str]:
+def check_clean(output: bytes, *, known_runs: Mapping[int, int] | None = None) -> list[str]:
     """Problems left in a scrubbed JPEG (empty means clean): the fail-closed check."""
     problems: list[str] = []
     try:
@@ -311,7 +309,7 @@ def check_clean(
         if m == 0xE2 and p.startswith(_ICC_SIG):
             icc_chunks.append((p[12], p[14:]))
             continue
-        if m == 0xE1 and allow_orientation and p.startswith(b"Exif\x00\x00"):
+        if m == 0xE1 and p.startswith(b"Exif\x00\x00"):
             try:
                 o = exif_mod.read_exif(p[6:]).orientation
             except (ValueError, struct.error):

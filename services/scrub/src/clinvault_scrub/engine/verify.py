@@ -95,7 +95,6 @@ def check(
     out: bytes,
     fmt: str,
     *,
-    allow_orientation: bool,
     hints: list[str],
     jpeg_runs: Mapping[int, int] | None = None,
 ) -> list[str]:
@@ -108,7 +107,7 @@ def check(
     if sniff_format(out[:64]) != fmt:
         return ["output format does not match"]
     if fmt == "jpeg":
-        problems += jpeg.check_clean(out, allow_orientation=allow_orientation, known_runs=jpeg_runs)
+        problems += jpeg.check_clean(out, known_runs=jpeg_runs)
     elif fmt == "png":
         problems += _idempotent(png.scrub_care, out)
     elif fmt == "webp":
