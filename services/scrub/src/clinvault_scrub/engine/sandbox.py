@@ -2,7 +2,14 @@
 
 Image decoders are large C libraries fed with untrusted bytes. A child process with
 RLIMIT_AS and RLIMIT_CPU, killed on a wall-clock deadline, means a decompression bomb, an
-infinite loop or a memory-corruption bug costs one child, never the worker.
+infinite loop or a memory-corruption bug costs one child, never the worker. Each image gets a
+fresh child, so one image's decoder can never see or alter another's pixels.
+
+The children are forked by a zygote: a small idle process forked from this one on first use.
+Forking the worker itself would be slower (its page tables are large once the face model is
+loaded) and, worse, while a child lives every page the worker writes (the model's buffers,
+during detection) is copied first: measured, it doubled the face model's time. The zygote
+never runs untrusted code; it only forks, and reports exit statuses.
 
 The child talks to the parent in frames (a kind byte, a length, a pickle). It may ask the
 parent questions on the way (`ask`): de-identification sends small oriented copies up, the
@@ -13,29 +20,36 @@ own dataclasses: a child taken over by a decoder bug cannot make it run anything
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import faulthandler
+import fcntl
 import io
 import os
 import pickle
 import resource
 import select
 import signal
+import socket
 import struct
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from functools import partial
 from typing import Any, TypeVar
 
 from clinvault_scrub.engine.model import Limits, Rejected
+from clinvault_shared.cpu_pool import die_with_parent, reset_server_signals
 
 T = TypeVar("T")
 Answer = Callable[[Any], Any]
 
 _HEADER = struct.Struct(">cQ")
-_ASK, _RESULT, _REJECTED = b"A", b"R", b"X"
+_JOB, _ASK, _RESULT, _REJECTED = b"J", b"A", b"R", b"X"
+_PID = struct.Struct(">q")
+_F_SETPIPE_SZ = 1031  # from <linux/fcntl.h>
+_PIPE_BYTES = 1 << 20  # the default ceiling for unprivileged processes (pipe-max-size)
 _ENGINE = "clinvault_scrub.engine."
 _DATETIME_TYPES = {"datetime", "timezone", "timedelta"}
 
@@ -53,7 +67,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("the decoder sent a value of a type it may not send")
 
 
-def _loads(payload: bytes) -> Any:
+def _loads(payload: bytes | bytearray) -> Any:
     try:
         return _PlainUnpickler(io.BytesIO(payload)).load()
     except Exception as exc:  # whatever a corrupted pickle raises: the child is not trusted
@@ -84,23 +98,34 @@ def _send(fd: int, kind: bytes, value: Any) -> None:
     _write_all(fd, payload)
 
 
-def _read_exactly(fd: int, n: int) -> bytes:
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
+def _read_exactly(fd: int, n: int) -> bytearray:
+    # Into one buffer of the final size: a photo-sized frame is not rebuilt from pieces.
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
             raise EOFError
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+        got += k
+    return buf
 
 
-def _child(
-    fn: Callable[..., Any], args: tuple[Any, ...], limits: Limits, wfd: int, rfd: int | None
-) -> None:
+def _widen(*fds: int) -> None:
+    """Bigger pipe buffers: a photo crosses in fewer round trips between the two processes."""
+    for fd in fds:
+        # Above this system's limit for unprivileged pipes: the default size stays.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+def _child(jobs: int, wfd: int, zygote_pid: int) -> None:
+    """A sandbox child: read the job from the parent, limit ourselves, run it, send the result."""
     try:
+        die_with_parent(zygote_pid)
         faulthandler.disable()  # a crash in the child is reported by the parent, not dumped
-        # Memory: the child starts as a copy of the parent, so the cap is on top of what it has.
+        _, length = _HEADER.unpack(_read_exactly(jobs, _HEADER.size))
+        fn, args, limits, asks = pickle.loads(_read_exactly(jobs, length))  # noqa: S301 - parent
+        # Memory: the child starts as a copy of the zygote, so the cap is on top of what it has.
         cap = _vm_size() + limits.memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         used = int(resource.getrusage(resource.RUSAGE_SELF).ru_utime)
@@ -111,14 +136,14 @@ def _child(
         Image.MAX_IMAGE_PIXELS = limits.max_pixels
         warnings.simplefilter("error", Image.DecompressionBombWarning)
 
-        def ask(question: Any, replies: int) -> Any:
+        def ask(question: Any) -> Any:
             _send(wfd, _ASK, question)
-            _, length = _HEADER.unpack(_read_exactly(replies, _HEADER.size))
-            return pickle.loads(_read_exactly(replies, length))  # noqa: S301 - from our parent
+            _, length = _HEADER.unpack(_read_exactly(jobs, _HEADER.size))
+            return pickle.loads(_read_exactly(jobs, length))  # noqa: S301 - from our parent
 
         kind, value = _RESULT, None
         try:
-            value = fn(*args, partial(ask, replies=rfd)) if rfd is not None else fn(*args)
+            value = fn(*args, ask) if asks else fn(*args)
         except Rejected as exc:
             kind, value = _REJECTED, str(exc)
         except MemoryError:
@@ -134,39 +159,134 @@ def _child(
         os._exit(0)
 
 
+def _zygote_main(sock: socket.socket, worker_pid: int) -> None:
+    """Fork a child for each pair of pipe ends received; report a child's status when asked."""
+    try:
+        reset_server_signals()
+        die_with_parent(worker_pid)
+        me = os.getpid()
+        while True:
+            message, fds, _, _ = socket.recv_fds(sock, 16, 2)
+            if not message:
+                break  # the worker closed its end: it is gone or done with us
+            if message[:1] == b"F" and len(fds) == 2:
+                pid = os.fork()
+                if pid == 0:
+                    sock.close()
+                    _child(fds[0], fds[1], me)
+                for fd in fds:
+                    os.close(fd)
+                sock.send(_PID.pack(pid))
+            elif message[:1] == b"W":
+                (pid,) = _PID.unpack(message[1:9])
+                _, status = os.waitpid(pid, 0)
+                sock.send(_PID.pack(status))
+            else:
+                for fd in fds:
+                    os.close(fd)
+                break
+    except BaseException:  # noqa: S110 - the worker sees the closed socket and starts another
+        pass
+    finally:
+        os._exit(0)
+
+
+class _Zygote:
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        worker = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _zygote_main(theirs, worker)
+        theirs.close()
+        self.sock, self.pid, self.lock = ours, pid, threading.Lock()
+
+    def _call(self, message: bytes, fds: list[int]) -> int:
+        with self.lock:
+            socket.send_fds(self.sock, [message], fds)
+            reply = self.sock.recv(_PID.size)
+        if len(reply) != _PID.size:
+            raise ConnectionError("sandbox zygote is gone")
+        return int(_PID.unpack(reply)[0])
+
+    def fork(self, jobs: int, results: int) -> int:
+        return self._call(b"F", [jobs, results])
+
+    def wait(self, pid: int) -> int:
+        return self._call(b"W" + _PID.pack(pid), [])
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+_zygote: _Zygote | None = None
+_zygote_lock = threading.Lock()
+
+
+def _forget_zygote_after_fork() -> None:
+    # A forked process (a pool worker, the zygote itself) must not share this one's zygote.
+    global _zygote, _zygote_lock
+    if _zygote is not None:
+        _zygote.sock.close()
+    _zygote, _zygote_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_zygote_after_fork)
+
+
+def _fork_child(jobs: int, results: int) -> tuple[_Zygote, int]:
+    global _zygote
+    with _zygote_lock:
+        for attempt in (1, 2):
+            if _zygote is None:
+                _zygote = _Zygote()
+            try:
+                return _zygote, _zygote.fork(jobs, results)
+            except OSError:  # it died (killed, or the thread that forked it ended): a new one
+                _zygote.close()
+                _zygote = None
+                if attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
+
+
 class _Frames:
     """Reads the child's frames off a pipe, within a wall-clock budget the parent can pause."""
 
     def __init__(self, fd: int, seconds: float) -> None:
         self.fd = fd
         self.deadline = time.monotonic() + seconds
-        self.buffer = bytearray()
         self.timed_out = False
 
-    def _fill(self, n: int) -> bool:
-        while len(self.buffer) < n:
+    def _read(self, n: int) -> bytearray | None:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 self.timed_out = True
-                return False
+                return None
             ready, _, _ = select.select([self.fd], [], [], min(left, 1.0))
             if not ready:
                 continue
-            chunk = os.read(self.fd, 1 << 20)
-            if not chunk:
-                return False
-            self.buffer += chunk
-        return True
+            k = os.readv(self.fd, [view[got:]])
+            if not k:
+                return None
+            got += k
+        return buf
 
-    def next(self) -> tuple[bytes, bytes] | None:
+    def next(self) -> tuple[bytes, bytearray] | None:
         """(kind, payload), or None when the child ended (or ran out of time) without one."""
-        if not self._fill(_HEADER.size):
+        header = self._read(_HEADER.size)
+        if header is None:
             return None
-        kind, length = _HEADER.unpack(self.buffer[: _HEADER.size])
-        if not self._fill(_HEADER.size + length):
+        kind, length = _HEADER.unpack(header)
+        payload = self._read(length)
+        if payload is None:
             return None
-        payload = bytes(self.buffer[_HEADER.size : _HEADER.size + length])
-        del self.buffer[: _HEADER.size + length]
         return kind, payload
 
 
@@ -175,34 +295,36 @@ def run_limited(
 ) -> T:
     """Call fn(*args) in a child process; its Rejected (or any failure) becomes Rejected here.
 
-    With `answer`, the child calls fn(*args, ask): each ask(question) is answered here by
-    answer(question), and the time that takes does not count against the child's deadline.
+    `fn` must be importable by name (it is pickled). With `answer`, the child calls
+    fn(*args, ask): each ask(question) is answered here by answer(question), and the time
+    that takes does not count against the child's deadline.
     """
-    rfd, wfd = os.pipe()
-    reply_r, reply_w = os.pipe() if answer is not None else (None, None)
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(rfd)
-        if reply_w is not None:
-            os.close(reply_w)
-        _child(fn, args, limits, wfd, reply_r)
-    os.close(wfd)
-    if reply_r is not None:
-        os.close(reply_r)
-    frames = _Frames(rfd, limits.wall_seconds)
+    results_r, results_w = os.pipe()
+    jobs_r, jobs_w = os.pipe()
+    _widen(results_r, jobs_w)
+    try:
+        zygote, pid = _fork_child(jobs_r, results_w)
+    finally:
+        os.close(jobs_r)
+        os.close(results_w)
+    frames = _Frames(results_r, limits.wall_seconds)
     ended = False  # the child sent its last frame or closed its end: nothing left to kill
     try:
-        while True:
+        try:
+            _send(jobs_w, _JOB, (fn, args, limits, answer is not None))
+        except BrokenPipeError:  # it died before reading its job: the status tells why
+            ended = True
+        while not ended:
             frame = frames.next()
             if frame is None:
                 ended = not frames.timed_out
                 break
             kind, payload = frame
-            if kind == _ASK and answer is not None and reply_w is not None:
+            if kind == _ASK and answer is not None:
                 started = time.monotonic()
                 reply = answer(_loads(payload))
                 try:
-                    _send(reply_w, _ASK, reply)
+                    _send(jobs_w, _ASK, reply)
                 except BrokenPipeError:  # the child died while we worked: its status tells
                     ended = True
                     break
@@ -216,12 +338,11 @@ def run_limited(
                 return value  # type: ignore[no-any-return]  # fn's value, of its declared type
             raise Rejected(str(value))
     finally:
-        os.close(rfd)
-        if reply_w is not None:
-            os.close(reply_w)
+        os.close(results_r)
+        os.close(jobs_w)
         if not ended:  # out of time, or the question's answer failed here
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        status = zygote.wait(pid)
     if frames.timed_out:
         raise Rejected("decoder exceeded the time limit")
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):

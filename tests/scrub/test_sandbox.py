@@ -1,0 +1,119 @@
+"""The sandbox's zygote and its protocol: fresh children, replaced when gone, nothing left over."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from clinvault_scrub.engine import sandbox
+from clinvault_scrub.engine.model import Limits, Rejected
+from clinvault_scrub.engine.sandbox import run_limited
+
+
+def _own_pid() -> int:
+    return os.getpid()
+
+
+def _not_plain_data() -> object:
+    return collections.OrderedDict(a=1)  # a global the parent must refuse to build
+
+
+def _ask_twice(ask: object) -> list[int]:
+    return [ask(1), ask(2)]  # type: ignore[operator]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_each_call_runs_in_a_fresh_child_of_the_zygote() -> None:
+    first = run_limited(_own_pid, (), Limits())
+    second = run_limited(_own_pid, (), Limits())
+    assert sandbox._zygote is not None
+    assert len({first, second, os.getpid(), sandbox._zygote.pid}) == 4
+
+
+def test_questions_are_answered_by_the_parent() -> None:
+    asked: list[int] = []
+
+    def answer(question: int) -> int:
+        asked.append(question)
+        return question * 10
+
+    assert run_limited(_ask_twice, (), Limits(), answer=answer) == [10, 20]
+    assert asked == [1, 2]
+
+
+def test_parent_refuses_to_unpickle_other_types() -> None:
+    with pytest.raises(Rejected, match="cannot be read"):
+        run_limited(_not_plain_data, (), Limits())
+
+
+def test_a_killed_zygote_is_replaced() -> None:
+    run_limited(sum, ([1],), Limits())
+    assert sandbox._zygote is not None
+    old = sandbox._zygote.pid
+    os.kill(old, signal.SIGKILL)
+    assert run_limited(sum, ([1, 2],), Limits()) == 3
+    assert sandbox._zygote.pid != old
+
+
+def test_a_forked_process_starts_its_own_zygote() -> None:
+    run_limited(sum, ([1],), Limits())
+    assert sandbox._zygote is not None
+    parents_zygote = sandbox._zygote.pid
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child
+        try:
+            ok = run_limited(sum, ([2, 3],), Limits()) == 5
+            mine = sandbox._zygote.pid if sandbox._zygote else 0
+            os.write(write, f"{int(ok)} {mine}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    reply = os.read(read, 100).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert reply[0] == "1"
+    assert int(reply[1]) not in (0, parents_zygote)
+    assert run_limited(sum, ([4],), Limits()) == 4  # ours still works
+
+
+@pytest.mark.parametrize("ending", ["exit", "sigkill"])
+def test_zygote_ends_with_its_process(ending: str, tmp_path: Path) -> None:
+    src = Path(sandbox.__file__).parents[2]
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {str(src)!r})
+        from clinvault_scrub.engine import sandbox
+        from clinvault_scrub.engine.model import Limits
+        sandbox.run_limited(sum, ([1],), Limits())
+        print(sandbox._zygote.pid, flush=True)
+        if {ending!r} == "sigkill":
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    zygote = int(proc.stdout.readline())
+    if ending == "sigkill":
+        proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _alive(zygote) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(zygote)
