@@ -117,3 +117,14 @@ def test_zygote_ends_with_its_process(ending: str, tmp_path: Path) -> None:
     while _alive(zygote) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(zygote)
+
+
+def test_shutdown_reaps_the_zygote_and_the_next_call_starts_another() -> None:
+    run_limited(sum, ([1],), Limits())
+    assert sandbox._zygote is not None
+    old = sandbox._zygote.pid
+    sandbox.shutdown()
+    assert sandbox._zygote is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(old, os.WNOHANG)  # already reaped: no zombie left
+    assert run_limited(sum, ([5],), Limits()) == 5

@@ -237,6 +237,15 @@ def _forget_zygote_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_zygote_after_fork)
 
 
+def shutdown() -> None:
+    """End this process's zygote and reap it (it is started again on the next use)."""
+    global _zygote
+    with _zygote_lock:
+        if _zygote is not None:
+            _zygote.close()
+            _zygote = None
+
+
 def _fork_child(jobs: int, results: int) -> tuple[_Zygote, int]:
     global _zygote
     with _zygote_lock:
