@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -128,3 +129,25 @@ def test_shutdown_reaps_the_zygote_and_the_next_call_starts_another() -> None:
     with pytest.raises(ChildProcessError):
         os.waitpid(old, os.WNOHANG)  # already reaped: no zombie left
     assert run_limited(sum, ([5],), Limits()) == 5
+
+
+def _open_descriptors() -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+    return found
+
+
+def test_child_holds_only_its_pipes_not_the_workers_files(tmp_path: Path) -> None:
+    sandbox.shutdown()  # a zygote forked while the file below is open
+    secret = tmp_path / "worker-only"
+    with secret.open("w") as held, socket.socket() as conn:
+        targets = run_limited(_open_descriptors, (), Limits())
+        assert held.fileno() > 2
+        assert conn.fileno() > 2
+    assert str(secret) not in targets
+    assert not any(t.startswith("socket:") for t in targets)
+    assert sum(t.startswith("pipe:") for t in targets) >= 2  # its job and result pipes

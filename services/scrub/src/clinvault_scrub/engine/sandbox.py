@@ -5,7 +5,8 @@ RLIMIT_AS and RLIMIT_CPU, killed on a wall-clock deadline, means a decompression
 infinite loop or a memory-corruption bug costs one child, never the worker. Each image gets a
 fresh child, so one image's decoder can never see or alter another's pixels.
 
-The children are forked by a zygote: a small idle process forked from this one on first use.
+The children are forked by a zygote: a small idle process forked from this one on first use,
+which closes every descriptor it inherited but its socket.
 Forking the worker itself would be slower (its page tables are large once the face model is
 loaded) and, worse, while a child lives every page the worker writes (the model's buffers,
 during detection) is copied first: measured, it doubled the face model's time. The zygote
@@ -164,6 +165,11 @@ def _zygote_main(sock: socket.socket, worker_pid: int) -> None:
     try:
         reset_server_signals()
         die_with_parent(worker_pid)
+        # Everything the worker had open (database and Redis connections, log files) stays
+        # behind: a child taken over by a decoder bug holds nothing but its two pipes.
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         me = os.getpid()
         while True:
             message, fds, _, _ = socket.recv_fds(sock, 16, 2)
