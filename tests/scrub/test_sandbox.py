@@ -151,3 +151,20 @@ def test_child_holds_only_its_pipes_not_the_workers_files(tmp_path: Path) -> Non
     assert str(secret) not in targets
     assert not any(t.startswith("socket:") for t in targets)
     assert sum(t.startswith("pipe:") for t in targets) >= 2  # its job and result pipes
+
+
+def _what_the_child_sees() -> tuple[str | None, object]:
+    from clinvault_scrub.engine import model
+
+    return os.environ.get("CLINVAULT_PROBE_SECRET"), getattr(model, "probe_secret", None)
+
+
+def test_child_has_none_of_the_workers_environment_or_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from clinvault_scrub.engine import model
+
+    sandbox.shutdown()  # a zygote started while the worker holds both secrets
+    monkeypatch.setenv("CLINVAULT_PROBE_SECRET", "postgresql://user:pw@db/clinvault")
+    monkeypatch.setattr(model, "probe_secret", b"a data key", raising=False)
+    assert run_limited(_what_the_child_sees, (), Limits()) == (None, None)

@@ -5,12 +5,13 @@ RLIMIT_AS and RLIMIT_CPU, killed on a wall-clock deadline, means a decompression
 infinite loop or a memory-corruption bug costs one child, never the worker. Each image gets a
 fresh child, so one image's decoder can never see or alter another's pixels.
 
-The children are forked by a zygote: a small idle process forked from this one on first use,
-which closes every descriptor it inherited but its socket.
-Forking the worker itself would be slower (its page tables are large once the face model is
-loaded) and, worse, while a child lives every page the worker writes (the model's buffers,
-during detection) is copied first: measured, it doubled the face model's time. The zygote
-never runs untrusted code; it only forks, and reports exit statuses.
+The children are forked by a zygote: a small idle interpreter the worker starts on first use,
+with the decoders imported, the worker's import path and none of its environment. Forking
+the worker itself would hand every decoder a copy of the worker's memory (master key, data
+keys, settings with database and storage credentials, other patients' images) and open files;
+it was also slower (large page tables once the face model is loaded) and, while a child lived,
+every page the worker wrote during detection was copied first (the face model took twice as
+long). The zygote never runs untrusted code; it only forks, and reports exit statuses.
 
 The child talks to the parent in frames (a kind byte, a length, a pickle). It may ask the
 parent questions on the way (`ask`): de-identification sends small oriented copies up, the
@@ -27,6 +28,7 @@ import datetime
 import faulthandler
 import fcntl
 import io
+import json
 import os
 import pickle
 import resource
@@ -34,6 +36,8 @@ import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -41,7 +45,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from clinvault_scrub.engine.model import Limits, Rejected
-from clinvault_shared.cpu_pool import die_with_parent, reset_server_signals
+from clinvault_shared.cpu_pool import die_with_parent
 
 T = TypeVar("T")
 Answer = Callable[[Any], Any]
@@ -160,16 +164,16 @@ def _child(jobs: int, wfd: int, zygote_pid: int) -> None:
         os._exit(0)
 
 
-def _zygote_main(sock: socket.socket, worker_pid: int) -> None:
-    """Fork a child for each pair of pipe ends received; report a child's status when asked."""
+def zygote_main(fd: int, worker_pid: int, path: list[str]) -> None:
+    """The zygote's program: fork a child for each pair of pipe ends received on socket `fd`;
+    report a child's exit status when asked. Started by _Zygote in a fresh interpreter."""
     try:
-        reset_server_signals()
+        sys.path[:] = path
         die_with_parent(worker_pid)
-        # Everything the worker had open (database and Redis connections, log files) stays
-        # behind: a child taken over by a decoder bug holds nothing but its two pipes.
-        keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        from clinvault_scrub.engine.decode import preload
+
+        preload()  # every child starts with the decoders imported
+        sock = socket.socket(fileno=fd)
         me = os.getpid()
         while True:
             message, fds, _, _ = socket.recv_fds(sock, 16, 2)
@@ -180,16 +184,16 @@ def _zygote_main(sock: socket.socket, worker_pid: int) -> None:
                 if pid == 0:
                     sock.close()
                     _child(fds[0], fds[1], me)
-                for fd in fds:
-                    os.close(fd)
+                for fd_ in fds:
+                    os.close(fd_)
                 sock.send(_PID.pack(pid))
             elif message[:1] == b"W":
                 (pid,) = _PID.unpack(message[1:9])
                 _, status = os.waitpid(pid, 0)
                 sock.send(_PID.pack(status))
             else:
-                for fd in fds:
-                    os.close(fd)
+                for fd_ in fds:
+                    os.close(fd_)
                 break
     except BaseException:  # noqa: S110 - the worker sees the closed socket and starts another
         pass
@@ -197,16 +201,32 @@ def _zygote_main(sock: socket.socket, worker_pid: int) -> None:
         os._exit(0)
 
 
+# What the zygote's environment keeps of the worker's: never database URLs, storage
+# credentials or anything else a worker is configured with.
+_ZYGOTE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
 class _Zygote:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        worker = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _zygote_main(theirs, worker)
-        theirs.close()
-        self.sock, self.pid, self.lock = ours, pid, threading.Lock()
+        code = (
+            "import sys, json; from clinvault_scrub.engine.sandbox import zygote_main; "
+            f"zygote_main({theirs.fileno()}, {os.getpid()}, json.loads(sys.argv[1]))"
+        )
+        try:
+            # A fresh interpreter (-I: no environment variables, user site or working
+            # directory on the path), given the worker's import path: nothing of the worker's
+            # memory (keys, settings, other images) or open files reaches a decoder.
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+                [sys.executable, "-I", "-c", code, json.dumps(sys.path)],
+                pass_fds=[theirs.fileno()],
+                env={k: v for k, v in os.environ.items() if k in _ZYGOTE_ENV},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self.sock, self.pid, self.lock = ours, self.proc.pid, threading.Lock()
 
     def _call(self, message: bytes, fds: list[int]) -> int:
         with self.lock:
@@ -224,8 +244,11 @@ class _Zygote:
 
     def close(self) -> None:
         self.sock.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 _zygote: _Zygote | None = None
@@ -233,7 +256,7 @@ _zygote_lock = threading.Lock()
 
 
 def _forget_zygote_after_fork() -> None:
-    # A forked process (a pool worker, the zygote itself) must not share this one's zygote.
+    # A forked process (a pool worker) must not share this one's zygote.
     global _zygote, _zygote_lock
     if _zygote is not None:
         _zygote.sock.close()
