@@ -164,11 +164,11 @@ def _child(jobs: int, wfd: int, zygote_pid: int) -> None:
         os._exit(0)
 
 
-def zygote_main(fd: int, worker_pid: int, path: list[str]) -> None:
+def zygote_main(fd: int, worker_pid: int) -> None:
     """The zygote's program: fork a child for each pair of pipe ends received on socket `fd`;
-    report a child's exit status when asked. Started by _Zygote in a fresh interpreter."""
+    report a child's exit status when asked. Started by _Zygote in a fresh interpreter, with
+    the worker's import path already set."""
     try:
-        sys.path[:] = path
         die_with_parent(worker_pid)
         from clinvault_scrub.engine.decode import preload
 
@@ -210,8 +210,9 @@ class _Zygote:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
-            "import sys, json; from clinvault_scrub.engine.sandbox import zygote_main; "
-            f"zygote_main({theirs.fileno()}, {os.getpid()}, json.loads(sys.argv[1]))"
+            "import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+            "from clinvault_scrub.engine.sandbox import zygote_main; "
+            f"zygote_main({theirs.fileno()}, {os.getpid()})"
         )
         try:
             # A fresh interpreter (-I: no environment variables, user site or working
