@@ -258,19 +258,23 @@ def main() -> None:
 
         # deidentify per 12 MP image, in one process pinned to one core (with its decoder
         # child and tesseract, which inherit the affinity).
-        twelve = [f for f in files if "4000x3000" in f.name][:8]
+        all_twelve = [f for f in files if "4000x3000" in f.name]
+        twelve = all_twelve[:8]  # with OCR (seconds each) and for mat2
         per_full, per_no_ocr = [], []
         cores = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(cores)})
         try:
             scrub(twelve[0].read_bytes(), Profile.DEIDENTIFY)  # warm the model
-            for f in twelve:
+            # Every 12 MP file without OCR: a shared machine's noise needs a larger sample.
+            for f in all_twelve:
                 data = f.read_bytes()
                 t = time.perf_counter()
                 r = scrub(data, Profile.DEIDENTIFY, read_text=False)
                 per_no_ocr.append(time.perf_counter() - t)
                 if not r.ok:
                     raise SystemExit(f"deidentify failed: {r.reason}")
+            for f in twelve:
+                data = f.read_bytes()
                 t = time.perf_counter()
                 r = scrub(data, Profile.DEIDENTIFY)
                 per_full.append(time.perf_counter() - t)
@@ -328,8 +332,10 @@ def main() -> None:
         "- Colour profile: clinvault keeps the ICC profile (free text replaced); "
         "`exiftool -all=` removes it.",
         "- `deidentify`, median per 12 MP image on one core: "
-        f"{statistics.median(per_no_ocr) * 1000:.0f} ms with face and barcode detection, "
+        f"{statistics.median(per_no_ocr) * 1000:.0f} ms with face and barcode detection "
+        f"({len(per_no_ocr)} files; quartiles {_quartiles(per_no_ocr)}), "
         f"{statistics.median(per_full) * 1000:.0f} ms including tesseract OCR "
+        f"({len(per_full)} files) "
         "(in one warm process: care scrub; one decode in a sandbox child, which sends a 1000 px "
         "oriented copy up, fills the rectangles the detectors answer with and encodes JPEG q90; "
         "CenterFace on a 640 px copy and zxing on the 1000 px copy here; output check; the OCR "
@@ -347,13 +353,14 @@ def main() -> None:
         if mem_care and len(mem_deid) == 2
         else "",
         "",
-        "Against the issue's targets (one core): `clinvault scrub --profile care` runs at "
-        + _ratio(results, "clinvault scrub --profile care (1 core)", "exiftool -all= (1 core)")
+        "Against the issue's targets (one core; throughput ratios are medians of the rounds' "
+        "own ratios): `clinvault scrub --profile care` runs at "
+        + _ratio(runs, "clinvault scrub --profile care (1 core)", "exiftool -all= (1 core)")
         + " of exiftool's throughput (target 2x) and "
-        + _ratio(results, "clinvault scrub --profile care (1 core)", "cp (1 core)")
+        + _ratio(runs, "clinvault scrub --profile care (1 core)", "cp (1 core)")
         + " of cp's (target 0.67x); through the Typer module it runs at "
         + _ratio(
-            results,
+            runs,
             "python -m clinvault_scrub.cli scrub (via the Typer module) (1 core)",
             "exiftool -all= (1 core)",
         )
@@ -393,12 +400,14 @@ NOTES = [
     "- `cp` is not reachable for a rewrite here: it copies in the kernel (`copy_file_range`) at "
     "250-1000 images/s on this machine (the issue measured 230/s elsewhere); reading the data "
     "into the process and writing it back already costs about as much as `cp`'s whole run.",
-    "- deidentify, 12 MP, where one image's time goes (one warm process, timed inside on one "
-    "core): fork from the zygote 5 ms, job over a pipe 8 ms, Pillow JPEG decode 65-90 ms (the "
-    "upper figure with the page faults of a fresh 48 MB in a fresh child), detection copies "
-    "18 ms, detectors about 85 ms (CenterFace on 640x480 about 60 ms since its weights stopped "
-    "being graph inputs, the 640 px resize 10 ms, zxing 14 ms), fill and JPEG q90 encode 50 ms, "
-    "result back 9 ms, output check 4 ms.",
+    "- deidentify, 12 MP, where one image's time goes (medians over 8 images in one warm "
+    "process on one core, timed inside): care scrub 1 ms; fork from the zygote 3 ms; job over "
+    "a pipe 8 ms; Pillow JPEG decode 91-95 ms in the fresh child (65-80 ms in a process that "
+    "has decoded before: on this VM first-touched memory is slow); detection copies 17 ms; "
+    "copy up 5 ms; 640 px resize 6 ms; CenterFace on 640x480 55 ms (about 120 ms before its "
+    "weights stopped being graph inputs); zxing on the 1000 px copy 15 ms; fill and JPEG q90 "
+    "encode 54 ms; result back 11 ms; output check 1 ms. Decode, face model and encode alone "
+    "are about 200 ms.",
     "- 48 MP memory: the decoder child holds its decoded image (192 MB: Pillow keeps RGB at 4 "
     "bytes a pixel), the reduced copies and the encoded output, plus the pages it shares with "
     "the zygote; the worker holds Python, numpy, Pillow, onnxruntime and the small copies. "
@@ -408,10 +417,17 @@ NOTES = [
 ]
 
 
-def _ratio(results: dict[str, float], a: str, b: str) -> str:
-    if a not in results or b not in results:
+def _quartiles(seconds: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(seconds, n=4)
+    return f"{q1 * 1000:.0f}-{q3 * 1000:.0f} ms"
+
+
+def _ratio(runs: dict[str, list[float]], a: str, b: str) -> str:
+    """a's throughput over b's: the median of the rounds' own ratios (the two ran side by side
+    in each round, so a drift in the machine's speed between rounds cancels out)."""
+    if a not in runs or b not in runs:
         return "n/a"
-    return f"{results[b] / results[a]:.2f}x"
+    return f"{statistics.median(tb / ta for ta, tb in zip(runs[a], runs[b], strict=True)):.2f}x"
 
 
 def _cpu_model() -> str:
