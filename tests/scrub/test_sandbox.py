@@ -168,3 +168,63 @@ def test_child_has_none_of_the_workers_environment_or_memory(
     monkeypatch.setenv("CLINVAULT_PROBE_SECRET", "postgresql://user:pw@db/clinvault")
     monkeypatch.setattr(model, "probe_secret", b"a data key", raising=False)
     assert run_limited(_what_the_child_sees, (), Limits()) == (None, None)
+
+
+def _reverse(data: bytes, suffix: bytes) -> object:
+    from clinvault_scrub.engine.decode import Recoded
+
+    return Recoded(output=data[::-1] + suffix, width=len(data))
+
+
+def test_image_bytes_go_in_and_come_back_through_shared_memory() -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # bigger than the pipes' buffers
+    got = run_limited(_reverse, (b"!",), Limits(), data=data)
+    assert got.output == data[::-1] + b"!"
+    assert got.width == len(data)
+    assert run_limited(_reverse, (b"",), Limits(), data=b"").output == b""
+
+
+def _write_past_the_outbox() -> tuple[int, str]:
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "clinvault-sandbox-out" in target:
+            size = os.fstat(int(fd)).st_size
+            try:
+                os.pwrite(int(fd), b"x", size)
+            except OSError as exc:
+                return size, type(exc).__name__
+            return size, "grew"
+    return 0, "no outbox"
+
+
+def test_a_child_cannot_grow_the_shared_output_past_its_memory_limit() -> None:
+    # Shared memory is not counted in the child's RLIMIT_AS: the size seal is what bounds it.
+    limits = Limits(memory_bytes=64 * 1024 * 1024)
+    assert run_limited(_write_past_the_outbox, (), limits) == (
+        limits.memory_bytes,
+        "PermissionError",
+    )
+
+
+def _announce_a_huge_frame() -> None:
+    import fcntl
+
+    for fd in (int(fd) for fd in os.listdir("/proc/self/fd")):
+        try:
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+            is_pipe = os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except OSError:
+            continue
+        if writable and is_pipe:
+            os.write(fd, b"R" + (1 << 40).to_bytes(8, "big"))
+    time.sleep(30)
+
+
+def test_parent_refuses_a_frame_larger_than_the_childs_memory_limit() -> None:
+    start = time.monotonic()
+    with pytest.raises(Rejected, match="more than its memory limit"):
+        run_limited(_announce_a_huge_frame, (), Limits(wall_seconds=20))
+    assert time.monotonic() - start < 10  # refused at once, and the child killed

@@ -42,7 +42,7 @@ def _care(
 
     preload()
     recode = recode_tiff if fmt == "tiff" else recode_heif
-    r = run_limited(recode, (data, limits), limits)
+    r = run_limited(recode, (limits,), limits, data=data)
     result.removed, result.captured_at = r.removed, r.captured_at
     result.reencoded = True
     result.removed.append(

@@ -103,9 +103,10 @@ def run(
     preload()
     rendered: Rendered = run_limited(
         render_redacted,
-        (data, input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0),
+        (input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0),
         limits,
         answer=plan,
+        data=data,
     )
     result.output, result.output_format = rendered.output, rendered.output_format
     result.pages_dropped = rendered.pages_dropped

@@ -52,6 +52,7 @@ Answer = Callable[[Any], Any]
 
 _HEADER = struct.Struct(">cQ")
 _JOB, _ASK, _RESULT, _REJECTED = b"J", b"A", b"R", b"X"
+_RESULT_IN_OUTBOX = b"O"  # a result whose `output` bytes are in the outbox memfd
 _PID = struct.Struct(">q")
 _F_SETPIPE_SZ = 1031  # from <linux/fcntl.h>
 _PIPE_BYTES = 1 << 20  # the default ceiling for unprivileged processes (pipe-max-size)
@@ -123,13 +124,28 @@ def _widen(*fds: int) -> None:
             fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
 
 
-def _child(jobs: int, wfd: int, zygote_pid: int) -> None:
+def _read_file(fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0)  # one call reads a memfd whole: no pieces to join
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), len(data))
+        if not more:
+            raise EOFError
+        data += more
+    return data
+
+
+def _child(jobs: int, wfd: int, inbox: int, outbox: int, zygote_pid: int) -> None:
     """A sandbox child: read the job from the parent, limit ourselves, run it, send the result."""
     try:
         die_with_parent(zygote_pid)
         faulthandler.disable()  # a crash in the child is reported by the parent, not dumped
         _, length = _HEADER.unpack(_read_exactly(jobs, _HEADER.size))
-        fn, args, limits, asks = pickle.loads(_read_exactly(jobs, length))  # noqa: S301 - parent
+        fn, args, limits, asks, data_size = pickle.loads(  # noqa: S301 - from our parent
+            _read_exactly(jobs, length)
+        )
+        if data_size is not None:
+            args = (_read_file(inbox, data_size), *args)
+        os.close(inbox)
         # Memory: the child starts as a copy of the zygote, so the cap is on top of what it has.
         cap = _vm_size() + limits.memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -157,6 +173,14 @@ def _child(jobs: int, wfd: int, zygote_pid: int) -> None:
             kind, value = _REJECTED, "image exceeds the pixel limit"
         except Exception as exc:
             kind, value = _REJECTED, f"image cannot be decoded ({type(exc).__name__})"
+        output = getattr(value, "output", None) if kind == _RESULT else None
+        if isinstance(output, bytes) and output and dataclasses.is_dataclass(value):
+            # The encoded image goes through shared memory the parent reads once, not a pipe.
+            view = memoryview(output)
+            for start in range(0, len(view), 1 << 24):
+                os.pwrite(outbox, view[start : start + (1 << 24)], start)
+            value = (dataclasses.replace(value, output=b""), len(output))  # type: ignore[type-var]
+            kind = _RESULT_IN_OUTBOX
         _send(wfd, kind, value)
     except BaseException:  # noqa: S110 - the parent sees EOF and reports the crash
         pass
@@ -176,14 +200,15 @@ def zygote_main(fd: int, worker_pid: int) -> None:
         sock = socket.socket(fileno=fd)
         me = os.getpid()
         while True:
-            message, fds, _, _ = socket.recv_fds(sock, 16, 2)
+            message, fds, _, _ = socket.recv_fds(sock, 16, 4)
             if not message:
                 break  # the worker closed its end: it is gone or done with us
-            if message[:1] == b"F" and len(fds) == 2:
+            if message[:1] == b"F" and len(fds) == 4:
                 pid = os.fork()
                 if pid == 0:
                     sock.close()
-                    _child(fds[0], fds[1], me)
+                    jobs, results, inbox, outbox = fds
+                    _child(jobs, results, inbox, outbox, me)
                 for fd_ in fds:
                     os.close(fd_)
                 sock.send(_PID.pack(pid))
@@ -237,8 +262,8 @@ class _Zygote:
             raise ConnectionError("sandbox zygote is gone")
         return int(_PID.unpack(reply)[0])
 
-    def fork(self, jobs: int, results: int) -> int:
-        return self._call(b"F", [jobs, results])
+    def fork(self, fds: list[int]) -> int:
+        return self._call(b"F", fds)
 
     def wait(self, pid: int) -> int:
         return self._call(b"W" + _PID.pack(pid), [])
@@ -276,14 +301,14 @@ def shutdown() -> None:
             _zygote = None
 
 
-def _fork_child(jobs: int, results: int) -> tuple[_Zygote, int]:
+def _fork_child(fds: list[int]) -> tuple[_Zygote, int]:
     global _zygote
     with _zygote_lock:
         for attempt in (1, 2):
             if _zygote is None:
                 _zygote = _Zygote()
             try:
-                return _zygote, _zygote.fork(jobs, results)
+                return _zygote, _zygote.fork(fds)
             except OSError:  # it died (killed, or the thread that forked it ended): a new one
                 _zygote.close()
                 _zygote = None
@@ -295,9 +320,10 @@ def _fork_child(jobs: int, results: int) -> tuple[_Zygote, int]:
 class _Frames:
     """Reads the child's frames off a pipe, within a wall-clock budget the parent can pause."""
 
-    def __init__(self, fd: int, seconds: float) -> None:
+    def __init__(self, fd: int, seconds: float, max_bytes: int) -> None:
         self.fd = fd
         self.deadline = time.monotonic() + seconds
+        self.max_bytes = max_bytes
         self.timed_out = False
 
     def _read(self, n: int) -> bytearray | None:
@@ -323,6 +349,8 @@ class _Frames:
         if header is None:
             return None
         kind, length = _HEADER.unpack(header)
+        if length > self.max_bytes:
+            raise Rejected("decoder sent more than its memory limit")
         payload = self._read(length)
         if payload is None:
             return None
@@ -330,27 +358,47 @@ class _Frames:
 
 
 def run_limited(
-    fn: Callable[..., T], args: tuple[Any, ...], limits: Limits, *, answer: Answer | None = None
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    limits: Limits,
+    *,
+    answer: Answer | None = None,
+    data: bytes | None = None,
 ) -> T:
     """Call fn(*args) in a child process; its Rejected (or any failure) becomes Rejected here.
 
-    `fn` must be importable by name (it is pickled). With `answer`, the child calls
-    fn(*args, ask): each ask(question) is answered here by answer(question), and the time
-    that takes does not count against the child's deadline.
+    `fn` must be importable by name (it is pickled). With `data` (the image), the child calls
+    fn(data, *args): the bytes reach it through shared memory, not the job pipe, and so does a
+    returned dataclass's `output`. With `answer`, the child calls fn(..., ask): each
+    ask(question) is answered here by answer(question), and the time that takes does not count
+    against the child's deadline.
     """
     results_r, results_w = os.pipe()
     jobs_r, jobs_w = os.pipe()
     _widen(results_r, jobs_w)
+    inbox = os.memfd_create("clinvault-sandbox-in", os.MFD_CLOEXEC)
+    outbox = os.memfd_create("clinvault-sandbox-out", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        zygote, pid = _fork_child(jobs_r, results_w)
+        if data is not None:
+            _write_all(inbox, data)
+        # Shared memory does not count against the child's RLIMIT_AS: the outbox is sized to
+        # the child's memory limit (sparse: only written pages cost memory) and sealed there.
+        os.ftruncate(outbox, limits.memory_bytes)
+        fcntl.fcntl(outbox, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
+        zygote, pid = _fork_child([jobs_r, results_w, inbox, outbox])
+    except BaseException:
+        os.close(outbox)
+        raise
     finally:
         os.close(jobs_r)
         os.close(results_w)
-    frames = _Frames(results_r, limits.wall_seconds)
+        os.close(inbox)
+    frames = _Frames(results_r, limits.wall_seconds, limits.memory_bytes)
     ended = False  # the child sent its last frame or closed its end: nothing left to kill
     try:
         try:
-            _send(jobs_w, _JOB, (fn, args, limits, answer is not None))
+            job = (fn, args, limits, answer is not None, None if data is None else len(data))
+            _send(jobs_w, _JOB, job)
         except BrokenPipeError:  # it died before reading its job: the status tells why
             ended = True
         while not ended:
@@ -370,15 +418,22 @@ def run_limited(
                 frames.deadline += time.monotonic() - started
                 continue
             ended = True
-            if kind not in (_RESULT, _REJECTED):
+            if kind not in (_RESULT, _RESULT_IN_OUTBOX, _REJECTED):
                 raise Rejected("decoder broke the protocol")
             value = _loads(payload)
+            if kind == _RESULT_IN_OUTBOX:
+                value, size = value
+                if not 0 < size <= limits.memory_bytes or not hasattr(value, "output"):
+                    raise Rejected("decoder broke the protocol")
+                value.output = _read_file(outbox, size)
+                return value  # type: ignore[no-any-return]  # fn's value, of its declared type
             if kind == _RESULT:
                 return value  # type: ignore[no-any-return]  # fn's value, of its declared type
             raise Rejected(str(value))
     finally:
         os.close(results_r)
         os.close(jobs_w)
+        os.close(outbox)
         if not ended:  # out of time, or the question's answer failed here
             os.kill(pid, signal.SIGKILL)
         status = zygote.wait(pid)
