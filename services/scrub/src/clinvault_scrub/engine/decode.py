@@ -328,7 +328,9 @@ def render_redacted(
 
 def _oriented_copy(full: Any, factor: int, orientation: int) -> Any:
     reduced = full.reduce(factor) if factor > 1 else full
-    return _transpose(reduced.convert("RGB"), orientation)
+    if reduced.mode != "RGB":
+        reduced = reduced.convert("RGB")  # the detectors' layout
+    return _transpose(reduced, orientation)
 
 
 def stored_box(box: Box, size: tuple[int, int], orientation: int) -> Box:
