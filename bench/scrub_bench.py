@@ -401,13 +401,13 @@ NOTES = [
     "250-1000 images/s on this machine (the issue measured 230/s elsewhere); reading the data "
     "into the process and writing it back already costs about as much as `cp`'s whole run.",
     "- deidentify, 12 MP, where one image's time goes (medians over 8 images in one warm "
-    "process on one core, timed inside): care scrub 1 ms; fork from the zygote 3 ms; job over "
-    "a pipe 8 ms; Pillow JPEG decode 91-95 ms in the fresh child (65-80 ms in a process that "
-    "has decoded before: on this VM first-touched memory is slow); detection copies 17 ms; "
-    "copy up 5 ms; 640 px resize 6 ms; CenterFace on 640x480 55 ms (about 120 ms before its "
-    "weights stopped being graph inputs); zxing on the 1000 px copy 15 ms; fill and JPEG q90 "
-    "encode 54 ms; result back 11 ms; output check 1 ms. Decode, face model and encode alone "
-    "are about 200 ms.",
+    "process on one core, timed inside): care scrub 1 ms; fork from the zygote and the job "
+    "(the image through a memfd) 7 ms; Pillow JPEG decode 84-95 ms in the fresh child (65-80 "
+    "ms in a process that has decoded before: on this VM first-touched memory is slow); "
+    "detection copies 17 ms; copy up 6 ms; 640 px resize 6 ms; CenterFace on 640x480 55 ms "
+    "(about 120 ms before its weights stopped being graph inputs); zxing on the 1000 px copy "
+    "14 ms; fill and JPEG q90 encode 47-54 ms; result back through a memfd 7 ms; output check "
+    "1-4 ms. Decode, face model and encode alone are about 190 ms.",
     "- 48 MP memory: the decoder child holds its decoded image (192 MB: Pillow keeps RGB at 4 "
     "bytes a pixel), the reduced copies and the encoded output, plus the pages it shares with "
     "the zygote; the worker holds Python, numpy, Pillow, onnxruntime and the small copies. "
