@@ -228,3 +228,25 @@ def test_parent_refuses_a_frame_larger_than_the_childs_memory_limit() -> None:
     with pytest.raises(Rejected, match="more than its memory limit"):
         run_limited(_announce_a_huge_frame, (), Limits(wall_seconds=20))
     assert time.monotonic() - start < 10  # refused at once, and the child killed
+
+
+def _where_output_goes() -> tuple[str, str]:
+    return os.readlink("/proc/self/fd/1"), os.readlink("/proc/self/fd/2")
+
+
+def test_child_cannot_write_into_the_workers_log_stream() -> None:
+    assert run_limited(_where_output_goes, (), Limits()) == (os.devnull, os.devnull)
+
+
+def test_descriptors_are_closed_when_no_child_can_be_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_zygote(fds: list[int]) -> tuple[object, int]:
+        raise OSError("cannot start")
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(sandbox, "_fork_child", no_zygote)
+    for _ in range(3):
+        with pytest.raises(OSError, match="cannot start"):
+            run_limited(sum, ([1],), Limits(), data=b"x")
+    assert len(os.listdir("/proc/self/fd")) == before

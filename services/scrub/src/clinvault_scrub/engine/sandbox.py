@@ -139,6 +139,11 @@ def _child(jobs: int, wfd: int, inbox: int, outbox: int, zygote_pid: int) -> Non
     try:
         die_with_parent(zygote_pid)
         faulthandler.disable()  # a crash in the child is reported by the parent, not dumped
+        # Nor may a decoder taken over by a file write into the worker's log stream.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
         _, length = _HEADER.unpack(_read_exactly(jobs, _HEADER.size))
         fn, args, limits, asks, data_size = pickle.loads(  # noqa: S301 - from our parent
             _read_exactly(jobs, length)
@@ -387,7 +392,8 @@ def run_limited(
         fcntl.fcntl(outbox, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
         zygote, pid = _fork_child([jobs_r, results_w, inbox, outbox])
     except BaseException:
-        os.close(outbox)
+        for fd in (outbox, results_r, jobs_w):
+            os.close(fd)
         raise
     finally:
         os.close(jobs_r)
