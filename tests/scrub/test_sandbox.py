@@ -250,3 +250,23 @@ def test_descriptors_are_closed_when_no_child_can_be_started(
         with pytest.raises(OSError, match="cannot start"):
             run_limited(sum, ([1],), Limits(), data=b"x")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _connect(port: int) -> str:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError as exc:
+        return type(exc).__name__
+    return "connected"
+
+
+def test_child_has_no_network() -> None:
+    """A decoder taken over by a file cannot send what it holds anywhere, not even to loopback."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert _connect(port) == "connected"  # the worker itself can
+        assert run_limited(_connect, (port,), Limits()) == "OSError"
+    assert sandbox._zygote is not None
+    assert sandbox._zygote.network_isolated

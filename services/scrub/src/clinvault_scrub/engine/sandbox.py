@@ -29,6 +29,7 @@ import faulthandler
 import fcntl
 import io
 import json
+import logging
 import os
 import pickle
 import resource
@@ -48,12 +49,15 @@ from clinvault_scrub.engine.model import Limits, Rejected
 from clinvault_shared.cpu_pool import die_with_parent
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 Answer = Callable[[Any], Any]
 
 _HEADER = struct.Struct(">cQ")
 _JOB, _ASK, _RESULT, _REJECTED = b"J", b"A", b"R", b"X"
 _RESULT_IN_OUTBOX = b"O"  # a result whose `output` bytes are in the outbox memfd
 _PID = struct.Struct(">q")
+_ISOLATED, _NOT_ISOLATED = b"N", b"n"
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000  # from <linux/sched.h>
 _F_SETPIPE_SZ = 1031  # from <linux/fcntl.h>
 _PIPE_BYTES = 1 << 20  # the default ceiling for unprivileged processes (pipe-max-size)
 _ENGINE = "clinvault_scrub.engine."
@@ -193,6 +197,21 @@ def _child(jobs: int, wfd: int, inbox: int, outbox: int, zygote_pid: int) -> Non
         os._exit(0)
 
 
+def _leave_the_network() -> bool:
+    """Move into new user and network namespaces: no interface but a loopback that is down.
+
+    Unprivileged on Linux where user namespaces are allowed; refused in some containers
+    (a seccomp profile, `max_user_namespaces` of 0), where the zygote runs on without it.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def zygote_main(fd: int, worker_pid: int) -> None:
     """The zygote's program: fork a child for each pair of pipe ends received on socket `fd`;
     report a child's exit status when asked. Started by _Zygote in a fresh interpreter, with
@@ -203,6 +222,8 @@ def zygote_main(fd: int, worker_pid: int) -> None:
 
         preload()  # every child starts with the decoders imported
         sock = socket.socket(fileno=fd)
+        # Its first message says whether the children will be cut off from the network.
+        sock.send(_ISOLATED if _leave_the_network() else _NOT_ISOLATED)
         me = os.getpid()
         while True:
             message, fds, _, _ = socket.recv_fds(sock, 16, 4)
@@ -258,6 +279,13 @@ class _Zygote:
         finally:
             theirs.close()
         self.sock, self.pid, self.lock = ours, self.proc.pid, threading.Lock()
+        hello = self.sock.recv(1)
+        if hello not in (_ISOLATED, _NOT_ISOLATED):
+            self.close()
+            raise ConnectionError("sandbox zygote did not start")
+        self.network_isolated = hello == _ISOLATED
+        if not self.network_isolated:
+            _log.warning("sandbox.no_network_isolation")
 
     def _call(self, message: bytes, fds: list[int]) -> int:
         with self.lock:
