@@ -411,7 +411,9 @@ NOTES = [
     "detection copies 17 ms; copy up 6 ms; 640 px resize 6 ms; CenterFace on 640x480 55 ms "
     "(about 120 ms before its weights stopped being graph inputs); zxing on the 1000 px copy "
     "14 ms; fill and JPEG q90 encode 47-54 ms; result back through a memfd 7 ms; output check "
-    "1-4 ms. Decode, face model and encode alone are about 190 ms.",
+    "1-4 ms. Decode, face model and encode alone are about 190 ms. Since then the decoder "
+    "children use transparent huge pages for their large buffers (`GLIBC_TUNABLES` in the "
+    "zygote's environment), which took about 35 ms more off, mostly from the decode.",
     "- 48 MP memory: the decoder child holds its decoded image (192 MB: Pillow keeps RGB at 4 "
     "bytes a pixel), the reduced copies and the encoded output, plus the pages it shares with "
     "the zygote; the worker holds Python, numpy, Pillow, onnxruntime and the small copies. "
