@@ -265,14 +265,21 @@ def main() -> None:
         os.sched_setaffinity(0, {min(cores)})
         try:
             scrub(twelve[0].read_bytes(), Profile.DEIDENTIFY)  # warm the model
-            # Every 12 MP file without OCR: a shared machine's noise needs a larger sample.
-            for f in all_twelve:
-                data = f.read_bytes()
-                t = time.perf_counter()
-                r = scrub(data, Profile.DEIDENTIFY, read_text=False)
-                per_no_ocr.append(time.perf_counter() - t)
-                if not r.ok:
-                    raise SystemExit(f"deidentify failed: {r.reason}")
+            # Every 12 MP file without OCR, three passes: this shared machine has slow spells of
+            # tens of seconds, so one pass can land in one. All samples give the median; each
+            # file's best of three gives the cost without the neighbours' load.
+            best: dict[Path, float] = {}
+            for _ in range(3):
+                for f in all_twelve:
+                    data = f.read_bytes()
+                    t = time.perf_counter()
+                    r = scrub(data, Profile.DEIDENTIFY, read_text=False)
+                    took = time.perf_counter() - t
+                    per_no_ocr.append(took)
+                    best[f] = min(took, best.get(f, took))
+                    if not r.ok:
+                        raise SystemExit(f"deidentify failed: {r.reason}")
+            per_best = list(best.values())
             for f in twelve:
                 data = f.read_bytes()
                 t = time.perf_counter()
@@ -333,7 +340,8 @@ def main() -> None:
         "`exiftool -all=` removes it.",
         "- `deidentify`, median per 12 MP image on one core: "
         f"{statistics.median(per_no_ocr) * 1000:.0f} ms with face and barcode detection "
-        f"({len(per_no_ocr)} files; quartiles {_quartiles(per_no_ocr)}), "
+        f"({len(per_best)} files, 3 passes; quartiles {_quartiles(per_no_ocr)}; median of each "
+        f"file's best of three {statistics.median(per_best) * 1000:.0f} ms), "
         f"{statistics.median(per_full) * 1000:.0f} ms including tesseract OCR "
         f"({len(per_full)} files) "
         "(in one warm process: care scrub; one decode in a sandbox child, which sends a 1000 px "
@@ -365,7 +373,8 @@ def main() -> None:
             "exiftool -all= (1 core)",
         )
         + " of exiftool's. deidentify median "
-        f"{statistics.median(per_no_ocr) * 1000:.0f} ms against the 250 ms target; "
+        f"{statistics.median(per_no_ocr) * 1000:.0f} ms (best of three per file: "
+        f"{statistics.median(per_best) * 1000:.0f} ms) against the 250 ms target; "
         "48 MP peak "
         + " / ".join(f"{w:.0f} MB worker, {c:.0f} MB child" for w, c in mem_deid)
         + " against 400 MB. See the notes below for where the time goes.",
