@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -34,3 +35,12 @@ def wait_healthy(
             pass
         time.sleep(0.2)
     return False
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting to be reaped has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.processes import free_port, wait_healthy
+from tests.processes import free_port, running, wait_healthy
 
 EXE = str(Path(sys.executable).with_name("clinvault"))
 
@@ -35,15 +35,7 @@ def _children(pid: int) -> set[int]:
 
 
 def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
+    return {pid for pid in pids if running(pid)}
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.processes import running
 
 from clinvault_scrub.engine import sandbox
 from clinvault_scrub.engine.model import Limits, Rejected
@@ -29,14 +30,6 @@ def _not_plain_data() -> object:
 
 def _ask_twice(ask: object) -> list[int]:
     return [ask(1), ask(2)]  # type: ignore[operator]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_each_call_runs_in_a_fresh_child_of_the_zygote() -> None:
@@ -115,9 +108,9 @@ def test_zygote_ends_with_its_process(ending: str, tmp_path: Path) -> None:
         proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while _alive(zygote) and time.monotonic() < deadline:
+    while running(zygote) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(zygote)
+    assert not running(zygote)
 
 
 def test_shutdown_reaps_the_zygote_and_the_next_call_starts_another() -> None:

@@ -37,10 +37,9 @@ def _care(
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
     # Only TIFF and HEIF decode on a care scrub: the sandbox loads when they come.
-    from clinvault_scrub.engine.decode import preload, recode_heif, recode_tiff
+    from clinvault_scrub.engine.decode import recode_heif, recode_tiff
     from clinvault_scrub.engine.sandbox import run_limited
 
-    preload()
     recode = recode_tiff if fmt == "tiff" else recode_heif
     r = run_limited(recode, (limits,), limits, data=data)
     result.removed, result.captured_at = r.removed, r.captured_at

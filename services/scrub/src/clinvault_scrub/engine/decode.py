@@ -103,13 +103,12 @@ class Rendered:
 
     output: bytes
     output_format: str
-    orientation: int
     orientation_applied: bool
     pages_dropped: int
 
 
 def preload() -> None:
-    """Import every decoder the child may need, here, before forking it.
+    """Import every decoder a sandbox child may need; the zygote does this once at start.
 
     A child that imports Pillow's plugins or pillow-heif itself pays for it on every image
     (tens of milliseconds; far more where no bytecode is cached); one forked after this
@@ -320,7 +319,6 @@ def render_redacted(
     return Rendered(
         output=buf.getvalue(),
         output_format="png" if lossless else "jpeg",
-        orientation=orientation,
         orientation_applied=lossless and orientation != 1,
         pages_dropped=frames - 1,
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clinvault_scrub.engine import barcodes, faces, ocr
-from clinvault_scrub.engine.decode import Box, DetectionView, Rendered, preload, render_redacted
+from clinvault_scrub.engine.decode import Box, DetectionView, Rendered, render_redacted
 from clinvault_scrub.engine.model import Finding, Limits, Region
 from clinvault_scrub.engine.sandbox import run_limited
 
@@ -100,7 +100,6 @@ def run(
     def plan(view: DetectionView) -> list[Box]:
         return _plan(view, result, redactions, keep, hints, detect_faces, read_text)
 
-    preload()
     rendered: Rendered = run_limited(
         render_redacted,
         (input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0),
