@@ -7,10 +7,11 @@ skips that. Every other command, and `clinvault --help`, goes through `clinvault
 
 from __future__ import annotations
 
+import os
 import sys
 
 
-def main() -> None:
+def _run() -> None:
     if sys.argv[1:2] == ["scrub"]:
         from clinvault_scrub.batch import run_scrub
 
@@ -18,6 +19,16 @@ def main() -> None:
     from clinvault.cli import main as full_cli
 
     full_cli()
+
+
+def main() -> None:
+    try:
+        _run()
+    except BrokenPipeError:
+        # The reader of our output went away (`clinvault scrub ... | head`): stop quietly, as
+        # Unix tools do. Python flushes stdout again at exit, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

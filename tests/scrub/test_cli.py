@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,24 @@ def test_process_pool_only_for_batches_worth_it(monkeypatch: pytest.MonkeyPatch)
     assert batch._workers(3, 1) == 3  # deidentify: a process per file, up to the cores
     monkeypatch.setattr(batch.os, "sched_getaffinity", lambda _pid: {0})
     assert batch._workers(1000, 1) == 1  # one core: never a pool
+
+
+def test_a_closed_pipe_ends_the_executable_quietly(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """`clinvault scrub ... | head`: the reader leaves early; no traceback, exit status 1."""
+    exe = Path(sys.executable).parent / "clinvault"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first line written meets a closed pipe
+    try:
+        proc = subprocess.run(
+            [str(exe), "scrub", str(inputs["photo.jpg"]), "--out", str(tmp_path / "o"), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == ""
+    assert (tmp_path / "o" / "photo.jpg").exists()  # the work done before the pipe closed stays

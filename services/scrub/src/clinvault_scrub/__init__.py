@@ -10,6 +10,7 @@ from clinvault_scrub.engine import (
     Status,
     describe_format,
     scrub,
+    scrub_file,
     sniff_format,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "Status",
     "describe_format",
     "scrub",
+    "scrub_file",
     "sniff_format",
 ]

@@ -12,10 +12,9 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from clinvault_scrub.engine import Profile, Region, scrub
+from clinvault_scrub.engine import Profile, Region, scrub_file
 
 # Below this many files per worker a process pool costs more than it saves (a care scrub of a
 # 12 MP JPEG takes a few milliseconds; starting and feeding a pool takes tens).
@@ -37,36 +36,20 @@ def parse_region(text: str) -> Region:
 
 def _scrub_one(args: tuple[str, str, str, list[Region]]) -> dict[str, Any]:
     path, out_dir, profile, regions = args
-    line: dict[str, Any] = {"input": path, "output": None}
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        line.update(status="rejected", reason=f"cannot read input ({exc.strerror or 'error'})")
-        line.update(removed=[], faces_redacted=0, needs_review=False)
-        return line
-    result = scrub(data, profile, redactions=regions)
-    if result.ok and result.output is not None:
-        target = Path(out_dir) / Path(path).name
-        try:
-            target.write_bytes(result.output)
-            line["output"] = str(target)
-        except OSError as exc:
-            line.update(
-                status="rejected", reason=f"cannot write output ({exc.strerror or 'error'})"
-            )
-            line.update(removed=[], faces_redacted=0, needs_review=False)
-            return line
-    line.update(
-        status=result.status.value,
-        reason=result.reason,
-        removed=result.removed,
-        faces_redacted=result.faces_redacted,
-        needs_review=result.needs_review,
-        captured_at=result.captured_at.isoformat() if result.captured_at else None,
-        findings=[f.as_dict() for f in result.findings],
-        record=result.record,
-    )
-    return line
+    target = os.path.join(out_dir, os.path.basename(path))
+    result = scrub_file(path, target, profile, redactions=regions)
+    return {
+        "input": path,
+        "output": target if result.ok else None,
+        "status": result.status.value,
+        "reason": result.reason,
+        "removed": result.removed,
+        "faces_redacted": result.faces_redacted,
+        "needs_review": result.needs_review,
+        "captured_at": result.captured_at.isoformat() if result.captured_at else None,
+        "findings": [f.as_dict() for f in result.findings],
+        "record": result.record,
+    }
 
 
 class _NoBar:
@@ -164,9 +147,9 @@ def run_scrub(argv: list[str]) -> int:
         parser.error(f"--redact: {exc}")
     if regions and profile is not Profile.DEIDENTIFY:
         parser.error("--redact needs --profile deidentify")
-    out = Path(args.out)
+    out = args.out
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
     except OSError:
         parser.error("--out: cannot create the output directory")
     jobs = [(str(p), str(out), profile.value, regions) for p in args.inputs]

@@ -1,6 +1,6 @@
 """The scrub engine: pure functions over bytes and images (no database, queue or blob I/O)."""
 
-from clinvault_scrub.engine.api import scrub
+from clinvault_scrub.engine.api import scrub, scrub_file
 from clinvault_scrub.engine.formats import ACCEPTED, describe_format, sniff_format
 from clinvault_scrub.engine.model import (
     Finding,
@@ -23,5 +23,6 @@ __all__ = [
     "Status",
     "describe_format",
     "scrub",
+    "scrub_file",
     "sniff_format",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 
 from clinvault_scrub.engine import containers, jpeg, png, record, verify
@@ -114,7 +116,9 @@ def scrub(
             hints=terms,
             jpeg_runs=jpeg_runs,
         )
-        checks += ["reparse", "metadata_whitelist", "single_image", "no_trailer", "hint_bytes"]
+        checks += ["reparse", "metadata_whitelist", "single_image", "no_trailer"]
+        if terms:
+            checks.append("hint_bytes")
         if problems:
             raise Rejected("output failed verification: " + "; ".join(sorted(set(problems))))
         result.status = Status.SCRUBBED
@@ -125,6 +129,10 @@ def scrub(
     except Exception as exc:
         result.status, result.output = Status.REJECTED, None
         result.reason = f"internal error while scrubbing ({type(exc).__name__})"
+    return _finish(result, profile, checks)
+
+
+def _finish(result: ScrubResult, profile: Profile, checks: list[str]) -> ScrubResult:
     result.record = record.build(
         profile=profile,
         input_format=result.format,
@@ -136,3 +144,98 @@ def scrub(
         review_reasons=result.review_reasons,
     )
     return result
+
+
+def scrub_file(
+    source: str,
+    target: str,
+    profile: Profile | str = Profile.CARE,
+    *,
+    redactions: Sequence[Region] = (),
+    limits: Limits = _DEFAULT_LIMITS,
+) -> ScrubResult:
+    """Scrub the file `source` into the file `target`, which appears only if the scrub succeeds.
+
+    A care scrub of a JPEG streams from file to file (see jpeg.FileSource): the output is
+    written to a hidden file beside `target`, checked there, and renamed into place. Anything
+    else is read whole and goes through scrub(). The result carries no output bytes. Never
+    raises: an unreadable input or unwritable target ends as a rejection with the reason.
+    """
+    profile = Profile(profile)
+    directory, name = os.path.split(target)
+    partial = os.path.join(directory, f".{name}.{os.getpid()}.partial")
+    result = ScrubResult(status=Status.REJECTED)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        result.reason = f"cannot read input ({exc.strerror or 'error'})"
+        return _finish(result, profile, [])
+    try:
+        try:
+            size = os.fstat(fd).st_size
+            if size > limits.max_bytes:  # before reading it
+                result.reason = "file exceeds the size limit"
+                return _finish(result, profile, [])
+            head = os.pread(fd, SNIFF_BYTES, 0)
+            if profile is Profile.CARE and sniff_format(head) == "jpeg":
+                return _stream_care_jpeg(fd, size, partial, target, limits)
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read()
+        except OSError as exc:
+            result.reason = f"cannot read input ({exc.strerror or 'error'})"
+            return _finish(result, profile, [])
+        result = scrub(data, profile, redactions=redactions, limits=limits)
+        del data
+        if result.ok and result.output is not None:
+            try:
+                with open(partial, "wb") as out:
+                    out.write(result.output)
+                os.replace(partial, target)
+            except OSError as exc:
+                _discard(partial)
+                result.status, result.output_format = Status.REJECTED, None
+                result.reason = f"cannot write output ({exc.strerror or 'error'})"
+                return _finish(result, profile, result.record.get("checks", []))
+        result.output = None
+        return result
+    finally:
+        os.close(fd)
+
+
+def _stream_care_jpeg(fd: int, size: int, partial: str, target: str, limits: Limits) -> ScrubResult:
+    result = ScrubResult(status=Status.REJECTED, format="jpeg")
+    checks: list[str] = []
+    try:
+        out = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        result.reason = f"cannot write output ({exc.strerror or 'error'})"
+        return _finish(result, Profile.CARE, checks)
+    try:
+        j = jpeg.scrub_care_file(jpeg.FileSource(fd, size), out, max_pixels=limits.max_pixels)
+        result.removed, result.captured_at = j.removed, j.captured_at
+        # The fail-closed check re-reads the output from the file it was written to.
+        problems = verify.check_file(out, j.written, "jpeg", jpeg_runs=j.scan_runs)
+        checks += ["reparse", "metadata_whitelist", "single_image", "no_trailer"]
+        if problems:
+            raise Rejected("output failed verification: " + "; ".join(sorted(set(problems))))
+        os.close(out)
+        out = -1
+        os.replace(partial, target)
+        result.status, result.output_format = Status.SCRUBBED, "jpeg"
+    except Rejected as exc:
+        result.reason = str(exc)
+    except OSError as exc:
+        result.reason = f"cannot write output ({exc.strerror or 'error'})"
+    except Exception as exc:
+        result.reason = f"internal error while scrubbing ({type(exc).__name__})"
+    finally:
+        if out >= 0:
+            os.close(out)
+        if not result.ok:
+            _discard(partial)
+    return _finish(result, Profile.CARE, checks)
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -9,9 +9,10 @@ images, Samsung/Google trailers, appended archives).
 
 from __future__ import annotations
 
+import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,15 +46,21 @@ _XMP_DATE = re.compile(
     rb"(\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d)?)"
 )
 _ICC_CHUNK = 65535 - 2 - 14
+# Entropy-coded data is streamed from a file in chunks of this size: small enough to stay in
+# the CPU cache between the marker search and the write, large enough that system calls
+# stay a small part of the cost (256 KiB to 4 MiB measured within noise of each other).
+STREAM_CHUNK = 1 << 20
 
 
 @dataclass
 class Segment:
     marker: int  # 0 for entropy-coded data
-    raw: memoryview  # the whole segment (marker, length and payload) or the scan data
+    raw: bytes | memoryview  # the whole segment (marker, length and payload) or the scan data
+    offset: int = 0
+    length: int = 0  # of entropy-coded data streamed from a file, whose `raw` stays empty
 
     @property
-    def payload(self) -> memoryview:
+    def payload(self) -> bytes | memoryview:
         return self.raw[4:]
 
 
@@ -69,7 +76,7 @@ class JpegParse:
 
 @dataclass
 class JpegScrub:
-    output: bytes
+    output: bytes  # empty when the output was streamed to a file
     removed: list[str] = field(default_factory=list)
     orientation: int | None = None
     captured_at: datetime | None = None
@@ -79,64 +86,194 @@ class JpegScrub:
     # Entropy-coded runs in the output (offset -> length): copies of input runs that this
     # module's parser already searched for markers, so the output check need not search again.
     scan_runs: dict[int, int] = field(default_factory=dict)
+    written: int = 0  # output bytes
 
 
-def parse(data: bytes | memoryview, *, known_runs: Mapping[int, int] | None = None) -> JpegParse:
-    """Split a JPEG into segments up to EOI. Raises Rejected on anything malformed.
+class _Memory:
+    """A JPEG in memory: segments are slices, and the marker search runs over the whole buffer."""
+
+    in_memory = True
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.mv = memoryview(data)
+        self.size = len(self.mv)
+
+    def read(self, pos: int, n: int) -> bytes | memoryview:
+        return self.mv[pos : pos + n]
+
+    def scan_end(self, pos: int, copy: Callable[[memoryview], None] | None) -> int:
+        m = _MARKER_AFTER_SCAN.search(self.mv, pos)
+        if m is None:
+            raise Rejected("truncated JPEG: scan data without end")
+        stop: int = m.start()
+        if copy is not None:
+            copy(self.mv[pos:stop])
+        return stop
+
+
+class FileSource:
+    """A JPEG in an open file, read where needed: segments with pread, entropy-coded data in
+    chunks that are searched and passed on while they are still in the CPU cache.
+
+    Reading a photo whole, searching it and writing it out moves every byte through memory
+    three times; this moves it once, as `cp` does (measured: 50 phone JPEGs 0.32 s -> 0.26 s).
+    """
+
+    in_memory = False
+
+    def __init__(self, fd: int, size: int, *, chunk: int = STREAM_CHUNK) -> None:
+        self.fd, self.size = fd, size
+        self._buffer = memoryview(bytearray(chunk))
+
+    def read(self, pos: int, n: int) -> bytes:
+        return os.pread(self.fd, max(0, min(n, self.size - pos)), pos)
+
+    def scan_end(self, pos: int, copy: Callable[[memoryview], None] | None) -> int:
+        buf = self._buffer
+        while True:
+            got = os.preadv(self.fd, [buf[: max(0, min(len(buf), self.size - pos))]], pos)
+            if got < 2:
+                raise Rejected("truncated JPEG: scan data without end")
+            chunk = buf[:got]
+            m = _MARKER_AFTER_SCAN.search(chunk)
+            if m is not None:
+                if copy is not None:
+                    copy(chunk[: m.start()])
+                return pos + int(m.start())
+            # A 0xFF at the end may begin a marker: it starts the next chunk instead.
+            keep = got - 1 if chunk[got - 1] == 0xFF else got
+            if copy is not None:
+                copy(chunk[:keep])
+            pos += keep
+
+
+_Source = _Memory | FileSource
+
+
+def _walk(
+    src: _Source,
+    *,
+    known_runs: Mapping[int, int] | None = None,
+    copy_scan: Callable[[memoryview], None] | None = None,
+) -> Iterator[Segment]:
+    """Segments from SOI to EOI; raises Rejected on anything malformed.
 
     `known_runs` (offset -> length) names entropy-coded runs already searched for markers by
     this parser (the care scrub copies them unchanged); each must start right after a scan
     header and end on a marker, but its interior is not searched again. The search is most of
-    the cost of parsing a photo (about 1 ms per 3 MB).
+    the cost of parsing a photo (about 1 ms per 3 MB). `copy_scan` receives the entropy-coded
+    data as it is searched, so a caller can pass it on without holding it.
     """
-    mv = memoryview(data)
-    n = len(mv)
-    if n < 4 or mv[0] != 0xFF or mv[1] != SOI:
+    n = src.size
+    start = src.read(0, 2)
+    if n < 4 or len(start) < 2 or start[0] != 0xFF or start[1] != SOI:
         raise Rejected("not a JPEG stream")
-    segs = [Segment(SOI, mv[0:2])]
+    yield Segment(SOI, start, 0)
     pos = 2
-    result = JpegParse(segs, 0)
     while True:
-        while pos + 1 < n and mv[pos] == 0xFF and mv[pos + 1] == 0xFF:
-            pos += 1  # fill bytes
-        if pos + 2 > n:
+        header = src.read(pos, 4)
+        if len(header) < 2:
             raise Rejected("truncated JPEG: no end-of-image marker")
-        if mv[pos] != 0xFF:
+        if header[0] != 0xFF:
             raise Rejected("corrupt JPEG: segment marker expected")
-        marker = mv[pos + 1]
+        marker = header[1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+            continue
         if marker == EOI:
-            segs.append(Segment(EOI, mv[pos : pos + 2]))
-            result.tail = n - (pos + 2)
-            return result
+            yield Segment(EOI, header[:2], pos)
+            return
         if 0xD0 <= marker <= 0xD7 or marker in (0x01, 0x00):
             raise Rejected("corrupt JPEG: unexpected marker")
-        if pos + 4 > n:
+        if len(header) < 4:
             raise Rejected("truncated JPEG segment")
-        length = struct.unpack(">H", mv[pos + 2 : pos + 4])[0]
+        length = (header[2] << 8) | header[3]
         end = pos + 2 + length
         if length < 2 or end > n:
             raise Rejected("corrupt JPEG: segment length out of bounds")
-        segs.append(Segment(marker, mv[pos:end]))
-        if marker in _SOF:
-            if length < 8:
-                raise Rejected("corrupt JPEG: short frame header")
-            result.frames += 1
-            result.height, result.width = struct.unpack(">HH", mv[pos + 5 : pos + 9])
-            result.components = mv[pos + 9]
+        raw = src.read(pos, 2 + length)
+        if len(raw) != 2 + length:  # the file shrank while it was read
+            raise Rejected("truncated JPEG segment")
+        yield Segment(marker, raw, pos)
         pos = end
         if marker == SOS:
             run = known_runs.get(pos) if known_runs else None
             if run is not None:
                 stop = pos + run
-                if stop + 1 >= n or mv[stop] != 0xFF or mv[stop + 1] in _NOT_A_MARKER:
+                after = src.read(stop, 2)
+                if len(after) < 2 or after[0] != 0xFF or after[1] in _NOT_A_MARKER:
                     raise Rejected("corrupt JPEG: scan data does not end on a marker")
             else:
-                m = _MARKER_AFTER_SCAN.search(mv, pos)
-                if m is None:
-                    raise Rejected("truncated JPEG: scan data without end")
-                stop = m.start()
-            segs.append(Segment(0, mv[pos:stop]))
+                stop = src.scan_end(pos, copy_scan)
+            yield Segment(0, src.read(pos, stop - pos) if src.in_memory else b"", pos, stop - pos)
             pos = stop
+
+
+def _frame_size(seg: Segment) -> tuple[int, int, int]:
+    """(width, height, components) from a frame header."""
+    if len(seg.raw) < 10:
+        raise Rejected("corrupt JPEG: short frame header")
+    height, width = struct.unpack(">HH", seg.raw[5:9])
+    return width, height, seg.raw[9]
+
+
+def parse(data: bytes | memoryview, *, known_runs: Mapping[int, int] | None = None) -> JpegParse:
+    """Split a JPEG in memory into segments up to EOI. Raises Rejected on anything malformed."""
+    src = _Memory(data)
+    result = JpegParse([], 0)
+    for seg in _walk(src, known_runs=known_runs):
+        result.segments.append(seg)
+        if seg.marker in _SOF:
+            result.frames += 1
+            result.width, result.height, result.components = _frame_size(seg)
+        elif seg.marker == EOI:
+            result.tail = src.size - (seg.offset + 2)
+    return result
+
+
+class _Output:
+    """Where a care scrub puts its output; records the offsets of the entropy-coded runs."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.runs: dict[int, int] = {}
+        self._run: int | None = None
+
+    def _put(self, part: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def write(self, part: bytes | memoryview) -> None:
+        self._put(part)
+        self.written += len(part)
+        self._run = None
+
+    def scan(self, part: memoryview) -> None:
+        if self._run is None:
+            self._run = self.written
+            self.runs[self._run] = 0
+        self._put(part)
+        self.written += len(part)
+        self.runs[self._run] += len(part)
+
+
+class _Parts(_Output):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[bytes | memoryview] = []
+
+    def _put(self, part: bytes | memoryview) -> None:
+        self.parts.append(part)
+
+
+class _File(_Output):
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def _put(self, part: bytes | memoryview) -> None:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(self.fd, view) :]
 
 
 def _icc_segments(profile: bytes) -> list[bytes]:
@@ -156,40 +293,31 @@ def reassemble_icc(chunks: list[tuple[int, bytes]]) -> bytes:
     return b"".join(c for _, c in sorted(chunks, key=lambda t: t[0]))
 
 
-def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -> JpegScrub:
-    """Segment rewrite: pixels untouched. Raises Rejected."""
-    parsed = parse(data)
-    if parsed.frames != 1:
-        raise Rejected("JPEG without exactly one frame header")
-    if parsed.width == 0 or parsed.height == 0:
-        raise Rejected("JPEG with zero or deferred dimensions")
-    if parsed.width * parsed.height > max_pixels:
-        raise Rejected("image exceeds the pixel limit")
-    removed: list[str] = []
-    jfif: bytes | None = None
-    adobe: bytes | None = None
-    icc_chunks: list[tuple[int, bytes]] = []
-    info = exif_mod.ExifInfo()
-    body: list[bytes | memoryview] = []
-    body_markers: list[int] = []
-    captured_from_xmp: datetime | None = None
+class _Metadata:
+    """What a care scrub learns from the metadata segments it drops."""
 
-    def note(name: str) -> None:
-        if name not in removed:
-            removed.append(name)
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+        self.jfif: bytes | None = None
+        self.adobe: bytes | None = None
+        self.icc_chunks: list[tuple[int, bytes]] = []
+        self.exif = exif_mod.ExifInfo()
+        self.captured_from_xmp: datetime | None = None
+        self.frozen = False  # the head is written: later segments are only noted
 
-    for seg in parsed.segments[1:]:
-        m = seg.marker
-        if m == 0 or m in _SOF or m in _TABLES or m in (SOS, EOI):
-            body.append(seg.raw)
-            body_markers.append(m)
-            continue
-        p = bytes(seg.payload)
+    def note(self, name: str) -> None:
+        if name not in self.removed:
+            self.removed.append(name)
+
+    def take(self, m: int, p: bytes) -> None:
+        """Classify one metadata segment (marker `m`, payload `p`): note it, keep what is kept."""
+        note = self.note
         if m == 0xE0:
-            if p.startswith(b"JFIF\x00") and len(p) >= 14 and jfif is None:
+            if p.startswith(b"JFIF\x00") and len(p) >= 14:
                 if len(p) > 14 or p[12] or p[13]:
                     note("jfif.thumbnail")
-                jfif = p[:12] + b"\x00\x00"
+                if self.jfif is None and not self.frozen:
+                    self.jfif = p[:12] + b"\x00\x00"
             elif p.startswith(b"JFXX\x00"):
                 note("jfxx.thumbnail")
             else:
@@ -199,28 +327,32 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
                 note("exif")
                 try:
                     got = exif_mod.read_exif(p[6:])
-                    info.categories |= got.categories
-                    info.orientation = info.orientation or got.orientation
-                    info.captured_at = info.captured_at or got.captured_at
+                    self.exif.categories |= got.categories
+                    if not self.frozen:
+                        self.exif.orientation = self.exif.orientation or got.orientation
+                    self.exif.captured_at = self.exif.captured_at or got.captured_at
                 except (ValueError, struct.error):
                     note("exif.unreadable")
             elif p.startswith(_XMP_SIG):
                 note("xmp")
                 found = _XMP_DATE.search(p)
-                if found and captured_from_xmp is None:
+                if found and self.captured_from_xmp is None:
                     try:
-                        captured_from_xmp = datetime.fromisoformat(found.group(1).decode()).replace(
-                            tzinfo=UTC
-                        )
+                        self.captured_from_xmp = datetime.fromisoformat(
+                            found.group(1).decode()
+                        ).replace(tzinfo=UTC)
                     except ValueError:
-                        captured_from_xmp = None
+                        self.captured_from_xmp = None
             elif p.startswith(_XMP_EXT_SIG):
                 note("xmp.extended")
             else:
                 note("app1")
         elif m == 0xE2:
             if p.startswith(_ICC_SIG) and len(p) >= 14:
-                icc_chunks.append((p[12], p[14:]))
+                if self.frozen:
+                    note("icc.after_image")
+                else:
+                    self.icc_chunks.append((p[12], p[14:]))
             elif p.startswith(b"MPF\x00"):
                 note("mpf")
             elif p.startswith(b"FPXR"):
@@ -228,8 +360,8 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
             else:
                 note("app2")
         elif m == 0xEE:
-            if p.startswith(b"Adobe") and len(p) >= 12 and adobe is None:
-                adobe = p[:12]
+            if p.startswith(b"Adobe") and len(p) >= 12 and self.adobe is None and not self.frozen:
+                self.adobe = p[:12]
             else:
                 note("app14")
         elif m == 0xED:
@@ -244,81 +376,149 @@ def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -
             note(f"app{m - 0xE0}")
         else:
             note("unknown_segment")
-    for cat in sorted(info.categories):
-        note(cat)
-    if parsed.tail:
-        note("trailer")
-    icc_out: bytes | None = None
-    if icc_chunks:
-        try:
-            icc_out, changed = clean_icc(reassemble_icc(icc_chunks))
-            if changed:
-                note("icc.free_text")
-        except ValueError:
-            note("icc.unreadable")
-            icc_out = None
-    head: list[bytes | memoryview] = [b"\xff\xd8"]
-    if jfif is not None:
-        head.append(_app(0xE0, jfif))
-    if keep_orientation and info.orientation is not None:
-        head.append(_app(0xE1, b"Exif\x00\x00" + exif_mod.minimal_exif(info.orientation)))
-    if icc_out is not None:
-        head.extend(_icc_segments(icc_out))
-    if adobe is not None:
-        head.append(_app(0xEE, adobe))
-    output = b"".join(head + body)
-    scan_runs: dict[int, int] = {}
-    offset = sum(len(part) for part in head)
-    for part, marker in zip(body, body_markers, strict=True):
-        if marker == 0:
-            scan_runs[offset] = len(part)
-        offset += len(part)
+
+    def head(self, keep_orientation: bool) -> tuple[bytes, bytes | None]:
+        """The segments written before the image's own (SOI, JFIF, Orientation, ICC, Adobe)."""
+        self.frozen = True
+        icc_out: bytes | None = None
+        if self.icc_chunks:
+            try:
+                icc_out, changed = clean_icc(reassemble_icc(self.icc_chunks))
+                if changed:
+                    self.note("icc.free_text")
+            except ValueError:
+                self.note("icc.unreadable")
+                icc_out = None
+        head: list[bytes] = [b"\xff\xd8"]
+        if self.jfif is not None:
+            head.append(_app(0xE0, self.jfif))
+        if keep_orientation and self.exif.orientation is not None:
+            head.append(_app(0xE1, b"Exif\x00\x00" + exif_mod.minimal_exif(self.exif.orientation)))
+        if icc_out is not None:
+            head.extend(_icc_segments(icc_out))
+        if self.adobe is not None:
+            head.append(_app(0xEE, self.adobe))
+        return b"".join(head), icc_out
+
+
+def _care(src: _Source, out: _Output, *, max_pixels: int, keep_orientation: bool) -> JpegScrub:
+    """Segment rewrite into `out`: pixels untouched. Raises Rejected.
+
+    The kept metadata (JFIF, Orientation, ICC, Adobe) is taken from the segments before the
+    first scan, which is where decoders read it, and written before the image's own segments;
+    the entropy-coded data then passes straight from `src` to `out`.
+    """
+    meta = _Metadata()
+    pending: list[bytes | memoryview] = []  # the image's segments before its first scan
+    started = False
+    frames = width = height = 0
+    icc: bytes | None = None
+    trailer = False
+
+    def start() -> None:
+        nonlocal started, icc
+        if frames != 1:
+            raise Rejected("JPEG without exactly one frame header")
+        if width == 0 or height == 0:
+            raise Rejected("JPEG with zero or deferred dimensions")
+        if width * height > max_pixels:
+            raise Rejected("image exceeds the pixel limit")
+        head, icc = meta.head(keep_orientation)
+        out.write(b"".join([head, *pending]))
+        started = True
+
+    for seg in _walk(src, copy_scan=out.scan):
+        m = seg.marker
+        if m == SOI or m == 0:  # SOI is in the head; scan data went to `out` as it was read
+            continue
+        if m in _SOF:
+            frames += 1
+            if frames > 1:
+                raise Rejected("JPEG without exactly one frame header")
+            width, height, _ = _frame_size(seg)
+        if m in _SOF or m in _TABLES or m in (SOS, EOI):
+            if started:
+                out.write(seg.raw)
+            else:
+                pending.append(seg.raw)
+                if m in (SOS, EOI):
+                    start()
+            trailer = m == EOI and seg.offset + 2 < src.size
+            continue
+        meta.take(m, bytes(seg.payload))
+    for cat in sorted(meta.exif.categories):
+        meta.note(cat)
+    if trailer:
+        meta.note("trailer")
     return JpegScrub(
-        output=output,
-        removed=removed,
-        orientation=info.orientation,
-        captured_at=info.captured_at or captured_from_xmp,
-        width=parsed.width,
-        height=parsed.height,
-        icc=icc_out,
-        scan_runs=scan_runs,
+        output=b"",
+        removed=meta.removed,
+        orientation=meta.exif.orientation,
+        captured_at=meta.exif.captured_at or meta.captured_from_xmp,
+        width=width,
+        height=height,
+        icc=icc,
+        scan_runs=out.runs,
+        written=out.written,
     )
 
 
-def check_clean(output: bytes, *, known_runs: Mapping[int, int] | None = None) -> list[str]:
+def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -> JpegScrub:
+    """Segment rewrite of a JPEG in memory: pixels untouched. Raises Rejected."""
+    out = _Parts()
+    result = _care(_Memory(data), out, max_pixels=max_pixels, keep_orientation=keep_orientation)
+    result.output = b"".join(out.parts)
+    return result
+
+
+def scrub_care_file(
+    src: FileSource, out_fd: int, *, max_pixels: int, keep_orientation: bool = True
+) -> JpegScrub:
+    """Segment rewrite from a file into `out_fd` (from its current position), streaming the
+    entropy-coded data. Raises Rejected, possibly after part of the output was written."""
+    return _care(src, _File(out_fd), max_pixels=max_pixels, keep_orientation=keep_orientation)
+
+
+def check_clean(
+    output: bytes | memoryview | FileSource, *, known_runs: Mapping[int, int] | None = None
+) -> list[str]:
     """Problems left in a scrubbed JPEG (empty means clean): the fail-closed check."""
     problems: list[str] = []
+    src = output if isinstance(output, FileSource) else _Memory(output)
+    icc_chunks: list[tuple[int, bytes]] = []
+    frames = 0
     try:
-        parsed = parse(output, known_runs=known_runs)
+        for seg in _walk(src, known_runs=known_runs):
+            m = seg.marker
+            if m == EOI and seg.offset + 2 < src.size:
+                problems.append("data after end of image")
+            if m in _SOF:
+                frames += 1
+                _frame_size(seg)
+            if m in (SOI, 0) or m in _SOF or m in _TABLES or m in (SOS, EOI):
+                continue
+            p = bytes(seg.payload)
+            if m == 0xE0 and p.startswith(b"JFIF\x00") and len(p) == 14 and p[12:14] == b"\x00\x00":
+                continue
+            if m == 0xEE and p.startswith(b"Adobe") and len(p) == 12:
+                continue
+            if m == 0xE2 and p.startswith(_ICC_SIG):
+                icc_chunks.append((p[12], p[14:]))
+                continue
+            if m == 0xE1 and p.startswith(b"Exif\x00\x00"):
+                try:
+                    o = exif_mod.read_exif(p[6:]).orientation
+                except (ValueError, struct.error):
+                    o = None
+                if o is not None and p[6:] == exif_mod.minimal_exif(o):
+                    continue
+            problems.append(
+                f"metadata segment APP{m - 0xE0}" if 0xE0 <= m <= 0xEF else f"segment {m:#x}"
+            )
     except Rejected as exc:
         return [f"output does not re-parse: {exc}"]
-    if parsed.tail:
-        problems.append("data after end of image")
-    if parsed.frames != 1:
+    if frames != 1:
         problems.append("not exactly one image")
-    icc_chunks: list[tuple[int, bytes]] = []
-    for seg in parsed.segments[1:]:
-        m = seg.marker
-        if m == 0 or m in _SOF or m in _TABLES or m in (SOS, EOI):
-            continue
-        p = bytes(seg.payload)
-        if m == 0xE0 and p.startswith(b"JFIF\x00") and len(p) == 14 and p[12:14] == b"\x00\x00":
-            continue
-        if m == 0xEE and p.startswith(b"Adobe") and len(p) == 12:
-            continue
-        if m == 0xE2 and p.startswith(_ICC_SIG):
-            icc_chunks.append((p[12], p[14:]))
-            continue
-        if m == 0xE1 and p.startswith(b"Exif\x00\x00"):
-            try:
-                o = exif_mod.read_exif(p[6:]).orientation
-            except (ValueError, struct.error):
-                o = None
-            if o is not None and p[6:] == exif_mod.minimal_exif(o):
-                continue
-        problems.append(
-            f"metadata segment APP{m - 0xE0}" if 0xE0 <= m <= 0xEF else f"segment {m:#x}"
-        )
     if icc_chunks and not icc_is_clean(reassemble_icc(icc_chunks)):
         problems.append("colour profile carries free text")
     return problems

@@ -11,6 +11,7 @@ loads Pillow; TIFF and HEIF outputs, which our parsers do not cover, are opened 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,3 +126,18 @@ def check(
             problems.append("an identifier hint occurs in the output bytes")
             break
     return problems
+
+
+def check_file(
+    fd: int, size: int, fmt: str, *, jpeg_runs: Mapping[int, int] | None = None
+) -> list[str]:
+    """check() for an output streamed to a file: read back where needed, not whole.
+
+    Only care JPEGs are streamed, so only they are checked here; there are no hints to search
+    for (a caller with identifier hints scrubs in memory, where every output byte is searched).
+    """
+    if fmt != "jpeg":
+        raise ValueError("only JPEG outputs are streamed to files")
+    if sniff_format(os.pread(fd, 64, 0)) != fmt:
+        return ["output format does not match"]
+    return jpeg.check_clean(jpeg.FileSource(fd, size, chunk=1 << 16), known_runs=jpeg_runs)
