@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import scrub_corpus as corpus
 from PIL import Image
 
 from clinvault_scrub import Hints, Profile, describe_format, scrub, sniff_format
-from clinvault_scrub.engine import jpeg, verify
+from clinvault_scrub.engine import jpeg, record, verify
 
 LEAKY = {
     "jpeg": corpus.leaky_jpeg,
@@ -139,6 +141,8 @@ def test_care_reports_capture_time_and_removed_fields() -> None:
         assert name in result.removed, name
     assert result.record["profile"] == "care"
     assert len(result.record["policy_sha256"]) == 64
+    body = json.dumps({"profile": "care", "policy": record.POLICY}, sort_keys=True).encode()
+    assert result.record["policy_sha256"] == hashlib.sha256(body).hexdigest()
     assert "reparse" in result.record["checks"]
 
 

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.icc import clean_icc
-from clinvault_scrub.engine.model import Rejected
+from clinvault_scrub.engine.model import Record, Rejected
 
 _WEBP_KEEP = {b"VP8 ", b"VP8L", b"ANIM", b"ANMF", b"ALPH"}
 
 
-@dataclass
-class ContainerScrub:
-    output: bytes
-    removed: list[str] = field(default_factory=list)
-    captured_at: datetime | None = None
-    width: int = 0
-    height: int = 0
-    frames: int = 1
+class ContainerScrub(Record):
+    __slots__ = ("captured_at", "frames", "height", "output", "removed", "width")
+
+    def __init__(self, output: bytes) -> None:
+        self.output = output
+        self.removed: list[str] = []
+        self.captured_at: datetime | None = None
+        self.width = self.height = 0
+        self.frames = 1
 
 
 def _note(removed: list[str], name: str) -> None:

@@ -13,7 +13,6 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +20,7 @@ import re2
 
 from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.icc import clean_icc, icc_is_clean
-from clinvault_scrub.engine.model import Rejected
+from clinvault_scrub.engine.model import Record, Rejected
 
 SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -52,41 +51,63 @@ _ICC_CHUNK = 65535 - 2 - 14
 STREAM_CHUNK = 1 << 20
 
 
-@dataclass
-class Segment:
-    marker: int  # 0 for entropy-coded data
-    raw: bytes | memoryview  # the whole segment (marker, length and payload) or the scan data
-    offset: int = 0
-    length: int = 0  # of entropy-coded data streamed from a file, whose `raw` stays empty
+class Segment(Record):
+    __slots__ = ("length", "marker", "offset", "raw")
+
+    def __init__(
+        self, marker: int, raw: bytes | memoryview, offset: int = 0, length: int = 0
+    ) -> None:
+        self.marker = marker  # 0 for entropy-coded data
+        self.raw = raw  # the whole segment (marker, length and payload) or the scan data
+        self.offset = offset
+        self.length = length  # of entropy-coded data streamed from a file (`raw` stays empty)
 
     @property
     def payload(self) -> bytes | memoryview:
         return self.raw[4:]
 
 
-@dataclass
-class JpegParse:
-    segments: list[Segment]
-    tail: int  # bytes after EOI
-    width: int = 0
-    height: int = 0
-    components: int = 0
-    frames: int = 0
+class JpegParse(Record):
+    __slots__ = ("components", "frames", "height", "segments", "tail", "width")
+
+    def __init__(self) -> None:
+        self.segments: list[Segment] = []
+        self.tail = 0  # bytes after EOI
+        self.width = self.height = self.components = self.frames = 0
 
 
-@dataclass
-class JpegScrub:
-    output: bytes  # empty when the output was streamed to a file
-    removed: list[str] = field(default_factory=list)
-    orientation: int | None = None
-    captured_at: datetime | None = None
-    width: int = 0
-    height: int = 0
-    icc: bytes | None = None
-    # Entropy-coded runs in the output (offset -> length): copies of input runs that this
-    # module's parser already searched for markers, so the output check need not search again.
-    scan_runs: dict[int, int] = field(default_factory=dict)
-    written: int = 0  # output bytes
+class JpegScrub(Record):
+    __slots__ = (
+        "captured_at",
+        "height",
+        "icc",
+        "orientation",
+        "output",
+        "removed",
+        "scan_runs",
+        "width",
+        "written",
+    )
+
+    def __init__(
+        self,
+        *,
+        output: bytes,  # empty when the output was streamed to a file
+        removed: list[str],
+        orientation: int | None,
+        captured_at: datetime | None,
+        width: int,
+        height: int,
+        icc: bytes | None,
+        scan_runs: dict[int, int],
+        written: int,
+    ) -> None:
+        self.output, self.removed, self.orientation = output, removed, orientation
+        self.captured_at, self.width, self.height, self.icc = captured_at, width, height, icc
+        # Entropy-coded runs in the output (offset -> length): copies of input runs that this
+        # module's parser already searched for markers, so the output check need not search.
+        self.scan_runs = scan_runs
+        self.written = written  # output bytes
 
 
 class _Memory:
@@ -122,30 +143,42 @@ class FileSource:
     in_memory = False
 
     def __init__(self, fd: int, size: int, *, chunk: int = STREAM_CHUNK) -> None:
-        self.fd, self.size = fd, size
-        self._buffer = memoryview(bytearray(chunk))
+        self.fd, self.size, self.chunk = fd, size, chunk
 
     def read(self, pos: int, n: int) -> bytes:
         return os.pread(self.fd, max(0, min(n, self.size - pos)), pos)
 
     def scan_end(self, pos: int, copy: Callable[[memoryview], None] | None) -> int:
-        buf = self._buffer
-        while True:
-            got = os.preadv(self.fd, [buf[: max(0, min(len(buf), self.size - pos))]], pos)
-            if got < 2:
-                raise Rejected("truncated JPEG: scan data without end")
-            chunk = buf[:got]
-            m = _MARKER_AFTER_SCAN.search(chunk)
-            if m is not None:
+        # A buffer from an earlier scan if one is free (list.pop and append are atomic, so
+        # threads may share the pool): a fresh megabyte costs 256 page faults.
+        try:
+            if self.chunk != STREAM_CHUNK:
+                raise IndexError
+            buf = _spare_buffers.pop()
+        except IndexError:
+            buf = memoryview(bytearray(self.chunk))
+        try:
+            while True:
+                got = os.preadv(self.fd, [buf[: max(0, min(len(buf), self.size - pos))]], pos)
+                if got < 2:
+                    raise Rejected("truncated JPEG: scan data without end")
+                chunk = buf[:got]
+                m = _MARKER_AFTER_SCAN.search(chunk)
+                if m is not None:
+                    if copy is not None:
+                        copy(chunk[: m.start()])
+                    return pos + int(m.start())
+                # A 0xFF at the end may begin a marker: it starts the next chunk instead.
+                keep = got - 1 if chunk[got - 1] == 0xFF else got
                 if copy is not None:
-                    copy(chunk[: m.start()])
-                return pos + int(m.start())
-            # A 0xFF at the end may begin a marker: it starts the next chunk instead.
-            keep = got - 1 if chunk[got - 1] == 0xFF else got
-            if copy is not None:
-                copy(chunk[:keep])
-            pos += keep
+                    copy(chunk[:keep])
+                pos += keep
+        finally:
+            if len(buf) == STREAM_CHUNK:
+                _spare_buffers.append(buf)
 
+
+_spare_buffers: list[memoryview] = []  # FileSource scan buffers not in use
 
 _Source = _Memory | FileSource
 
@@ -220,7 +253,7 @@ def _frame_size(seg: Segment) -> tuple[int, int, int]:
 def parse(data: bytes | memoryview, *, known_runs: Mapping[int, int] | None = None) -> JpegParse:
     """Split a JPEG in memory into segments up to EOI. Raises Rejected on anything malformed."""
     src = _Memory(data)
-    result = JpegParse([], 0)
+    result = JpegParse()
     for seg in _walk(src, known_runs=known_runs):
         result.segments.append(seg)
         if seg.marker in _SOF:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.icc import clean_icc
-from clinvault_scrub.engine.model import Rejected
+from clinvault_scrub.engine.model import Record, Rejected
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Needed to render (APNG's animation chunks are pixel data too).
@@ -26,15 +25,16 @@ _MAX_ICC = 8 * 1024 * 1024
 _MAX_CHUNKS = 1_000_000
 
 
-@dataclass
-class PngScrub:
-    output: bytes
-    removed: list[str] = field(default_factory=list)
-    captured_at: datetime | None = None
-    width: int = 0
-    height: int = 0
-    frames: int = 1
-    orientation: int | None = None
+class PngScrub(Record):
+    __slots__ = ("captured_at", "frames", "height", "orientation", "output", "removed", "width")
+
+    def __init__(self, output: bytes) -> None:
+        self.output = output
+        self.removed: list[str] = []
+        self.captured_at: datetime | None = None
+        self.width = self.height = 0
+        self.frames = 1
+        self.orientation: int | None = None
 
 
 def _chunk(ctype: bytes, data: bytes) -> bytes:

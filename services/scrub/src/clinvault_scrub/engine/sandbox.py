@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from clinvault_scrub.engine.model import Limits, Rejected
+from clinvault_scrub.engine.model import Limits, Record, Rejected
 from clinvault_shared.cpu_pool import die_with_parent
 
 T = TypeVar("T")
@@ -65,14 +65,17 @@ _DATETIME_TYPES = {"datetime", "timezone", "timedelta"}
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Builds plain values, datetimes and the engine's dataclasses; refuses every other global."""
+    """Builds plain values, datetimes and the engine's records; refuses every other global."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "datetime" and name in _DATETIME_TYPES:
             return getattr(datetime, name)
         if module.startswith(_ENGINE):
             found = super().find_class(module, name)
-            if isinstance(found, type) and dataclasses.is_dataclass(found):
+            # The engine's records: dataclasses, Record classes and NamedTuples.
+            if isinstance(found, type) and (
+                dataclasses.is_dataclass(found) or issubclass(found, (Record, tuple))
+            ):
                 return found
         raise pickle.UnpicklingError("the decoder sent a value of a type it may not send")
 
