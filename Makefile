@@ -30,7 +30,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The scrub benchmark compares with exiftool and mat2 (Debian's packages); without them their
+# rows say "not measured".
 bench: install
+	@for tool in exiftool:libimage-exiftool-perl mat2:mat2; do \
+	  command -v $${tool%%:*} >/dev/null || apt-get install -y -q $${tool#*:} >/dev/null 2>&1 \
+	    || echo "bench: $${tool%%:*} not installed (apt-get install $${tool#*:}); its row is skipped"; \
+	done
 	$(PY) bench/run.py
 
 # The distributed stack on this machine: local PostgreSQL and Redis, SeaweedFS, ingest, consent

@@ -137,7 +137,8 @@ class FileSource:
     chunks that are searched and passed on while they are still in the CPU cache.
 
     Reading a photo whole, searching it and writing it out moves every byte through memory
-    three times; this moves it once, as `cp` does (measured: 50 phone JPEGs 0.32 s -> 0.26 s).
+    three times; this copies it twice and searches it while it is in the cache (measured in one
+    process over 50 phone JPEGs: 0.47 s whole-file, 0.26-0.30 s streamed).
     """
 
     in_memory = False
