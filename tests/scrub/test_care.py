@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import struct
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import scrub_corpus as corpus
 from PIL import Image
 
 from clinvault_scrub import Hints, Profile, describe_format, scrub, sniff_format
-from clinvault_scrub.engine import jpeg, record, verify
+from clinvault_scrub.engine import jpeg, png, record, verify
 
 LEAKY = {
     "jpeg": corpus.leaky_jpeg,
@@ -257,3 +258,15 @@ def test_engine_version_matches_the_package_metadata() -> None:
     from clinvault_scrub.engine.record import engine_version
 
     assert engine_version() == version("clinvault-scrub")
+
+
+def test_engine_records_compare_and_print_by_every_field() -> None:
+    """The engine's records are __slots__ classes (no dataclasses import on the care path)."""
+    a, b = png.PngScrub(b"x"), png.PngScrub(b"x")
+    assert a == b
+    b.width = 3  # a field of the base class
+    assert a != b
+    assert "width=0" in repr(a)
+    assert "orientation=None" in repr(a)
+    c = pickle.loads(pickle.dumps(b))  # noqa: S301 - our own bytes: a process pool does this
+    assert c == b

@@ -80,13 +80,19 @@ class Record:
 
     __slots__: tuple[str, ...] = ()
 
+    def _fields(self) -> list[str]:
+        """The slots of this class and its bases."""
+        return [
+            name for k in reversed(type(self).__mro__) for name in k.__dict__.get("__slots__", ())
+        ]
+
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields())
         return f"{type(self).__name__}({fields})"
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__
+            getattr(self, name) == getattr(other, name) for name in self._fields()
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, as a dataclass

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from datetime import datetime
 
 from clinvault_scrub.engine import exif as exif_mod
+from clinvault_scrub.engine.containers import ContainerScrub
 from clinvault_scrub.engine.icc import clean_icc
-from clinvault_scrub.engine.model import Record, Rejected
+from clinvault_scrub.engine.model import Rejected
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Needed to render (APNG's animation chunks are pixel data too).
@@ -25,15 +25,11 @@ _MAX_ICC = 8 * 1024 * 1024
 _MAX_CHUNKS = 1_000_000
 
 
-class PngScrub(Record):
-    __slots__ = ("captured_at", "frames", "height", "orientation", "output", "removed", "width")
+class PngScrub(ContainerScrub):
+    __slots__ = ("orientation",)  # from eXIf, which the decoder applies and care drops
 
     def __init__(self, output: bytes) -> None:
-        self.output = output
-        self.removed: list[str] = []
-        self.captured_at: datetime | None = None
-        self.width = self.height = 0
-        self.frames = 1
+        super().__init__(output)
         self.orientation: int | None = None
 
 
