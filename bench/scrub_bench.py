@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 x 12 MP + 2 x 48 MP instead of 40 + 10")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument(
-        "--repeat", type=int, default=5, help="side-by-side timing rounds (median reported)"
+        "--repeat", type=int, default=9, help="side-by-side timing rounds (median reported)"
     )
     args = ap.parse_args()
     n12, n48 = (8, 2) if args.quick else (40, 10)
@@ -414,12 +414,12 @@ NOTES = [
     "and writing it (the previous design) took 0.47 s for the same work; mapping the input "
     "(`mmap`, also with `MAP_POPULATE`) instead of reading it measured no faster, and a file "
     "truncated while mapped would kill the process with SIGBUS.",
-    "- `cp` is not reachable for a rewrite here: its whole run (`copy_file_range`, about 0.2 s) "
-    "is what the write alone costs us. 1.5x of `cp` would leave about 0.1 s for Python's "
-    "start-up, the engine's imports, the marker search and reading the data, which measure "
-    "0.02 + 0.045 + 0.045 + 0.04 s before any parsing. 2x exiftool needs the whole run at "
-    "about 0.3-0.36 s (exiftool varies 0.55-0.8 s here), which is where the runs now land on "
-    "a quiet machine and not on a busy one.",
+    "- Against `cp` and exiftool: `cp`'s whole run (`copy_file_range`, 0.2-0.22 s here) "
+    "costs about what our write alone does plus its own reading. Ours adds reading the data "
+    "into the process (0.04-0.05 s), the marker search (0.045 s), per-file Python (0.03-0.05 s) "
+    "and start-up (0.065 s): 0.32-0.38 s, where 1.5x of `cp` allows 0.30-0.33 s and 2x of "
+    "exiftool (0.55-0.8 s here) allows 0.28-0.4 s. Both targets are now within the machine's "
+    "noise: single rounds land on either side of them (the ranges above).",
     "- deidentify, 12 MP, where one image's time goes (medians over 8 images in one warm "
     "process on one core, timed inside): care scrub 1 ms; fork from the zygote and the job "
     "(the image through a memfd) 7 ms; Pillow JPEG decode 84-95 ms in the fresh child (65-80 "
@@ -449,7 +449,8 @@ def _ratio(runs: dict[str, list[float]], a: str, b: str) -> str:
     in each round, so a drift in the machine's speed between rounds cancels out)."""
     if a not in runs or b not in runs:
         return "n/a"
-    return f"{statistics.median(tb / ta for ta, tb in zip(runs[a], runs[b], strict=True)):.2f}x"
+    ratios = [tb / ta for ta, tb in zip(runs[a], runs[b], strict=True)]
+    return f"{statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
 
 
 def _cpu_model() -> str:
