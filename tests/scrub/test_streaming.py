@@ -170,3 +170,14 @@ def test_the_file_check_reads_back_what_was_written(tmp_path: Path) -> None:
     with open(good, "rb") as f:
         problems = verify.check_file(f.fileno(), len(j.output) + 4, "jpeg", jpeg_runs=j.scan_runs)
     assert problems == ["data after end of image"]
+
+
+def test_a_file_can_be_scrubbed_in_place(tmp_path: Path) -> None:
+    """`clinvault scrub *.jpg --out .`: the target is the source, replaced once it is done."""
+    data = corpus.leaky_jpeg()
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(data)
+    result = scrub_file(str(src), str(src))
+    assert result.ok, result.reason
+    assert src.read_bytes() == scrub(data).output
+    assert os.listdir(tmp_path) == ["photo.jpg"]
