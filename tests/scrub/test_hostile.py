@@ -66,6 +66,11 @@ def _huge_jpeg_dims() -> bytes:
     return bytes(data)
 
 
+def _segment_flood_jpeg(n: int = 200_000) -> bytes:
+    raw = corpus.leaky_jpeg()
+    return raw[:2] + b"\xff\xfe\x00\x02" * n + raw[2:]
+
+
 def _many_frames_gif(n: int = 5000) -> bytes:
     head = b"GIF89a" + struct.pack("<HHBBB", 4, 4, 0, 0, 0)
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 4, 4, 0) + b"\x02\x02\x44\x01\x00"
@@ -85,6 +90,7 @@ CASES = {
     "jpeg-header-only": b"\xff\xd8\xff",
     "exif-offsets-out-of-bounds": _exif_out_of_bounds(),
     "absurd-jpeg-dimensions": _huge_jpeg_dims(),
+    "jpeg-segment-flood": _segment_flood_jpeg(),
     "absurd-png-dimensions": _png(100_000, 100_000, zlib.compress(b"\x00" * 100)),
     "png-bad-crc": corpus.leaky_png()[:20] + b"\x07" + corpus.leaky_png()[21:],
     "truncated-png": corpus.leaky_png()[:200],
@@ -98,6 +104,7 @@ CASES = {
 }
 EXPECTED_REASON = {
     "absurd-jpeg-dimensions": "pixel limit",
+    "jpeg-segment-flood": "more than 10000 segments",
     "absurd-png-dimensions": "pixel limit",
     "5000-frame-gif": "frame limit",
     "pdf": "PDF",

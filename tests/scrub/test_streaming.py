@@ -181,3 +181,11 @@ def test_a_file_can_be_scrubbed_in_place(tmp_path: Path) -> None:
     assert result.ok, result.reason
     assert src.read_bytes() == scrub(data).output
     assert os.listdir(tmp_path) == ["photo.jpg"]
+
+
+def test_a_segment_flood_is_refused_when_streamed_too(tmp_path: Path) -> None:
+    raw = corpus.leaky_jpeg()
+    src = tmp_path / "flood.jpg"
+    src.write_bytes(raw[:2] + b"\xff\xfe\x00\x02" * (jpeg.MAX_SEGMENTS + 1) + raw[2:])
+    result = scrub_file(str(src), str(tmp_path / "out.jpg"))
+    assert result.reason == f"corrupt JPEG: more than {jpeg.MAX_SEGMENTS} segments"

@@ -49,6 +49,10 @@ _ICC_CHUNK = 65535 - 2 - 14
 # the CPU cache between the marker search and the write, large enough that system calls
 # stay a small part of the cost (256 KiB to 4 MiB measured within noise of each other).
 STREAM_CHUNK = 1 << 20
+# A photo has a few dozen segments (a progressive one a few more, an ICC profile split across
+# APP2 segments at most 255); a flood of empty ones (a 4-byte COM repeated over 256 MB) would
+# otherwise keep a worker busy for minutes.
+MAX_SEGMENTS = 10_000
 
 
 class Segment(Record):
@@ -204,7 +208,11 @@ def _walk(
         raise Rejected("not a JPEG stream")
     yield Segment(SOI, start, 0)
     pos = 2
+    segments = 1
     while True:
+        segments += 1
+        if segments > MAX_SEGMENTS:
+            raise Rejected(f"corrupt JPEG: more than {MAX_SEGMENTS} segments")
         header = src.read(pos, 4)
         if len(header) < 2:
             raise Rejected("truncated JPEG: no end-of-image marker")
