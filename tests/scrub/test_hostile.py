@@ -71,6 +71,19 @@ def _segment_flood_jpeg(n: int = 200_000) -> bytes:
     return raw[:2] + b"\xff\xfe\x00\x02" * n + raw[2:]
 
 
+def _comment_flood_gif(n: int = 150_000) -> bytes:
+    head = b"GIF89a" + struct.pack("<HHBBB", 4, 4, 0, 0, 0)
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 4, 4, 0) + b"\x02\x02\x44\x01\x00"
+    return head + b"\x21\xfe\x01A\x00" * n + frame + b"\x3b"
+
+
+def _chunk_flood_webp(n: int = 150_000) -> bytes:
+    buf = io.BytesIO()
+    corpus.photo(16, 16).save(buf, "WEBP")
+    body = buf.getvalue()[12:] + (b"JUNK" + struct.pack("<I", 0)) * n
+    return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body
+
+
 def _many_frames_gif(n: int = 5000) -> bytes:
     head = b"GIF89a" + struct.pack("<HHBBB", 4, 4, 0, 0, 0)
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 4, 4, 0) + b"\x02\x02\x44\x01\x00"
@@ -91,6 +104,8 @@ CASES = {
     "exif-offsets-out-of-bounds": _exif_out_of_bounds(),
     "absurd-jpeg-dimensions": _huge_jpeg_dims(),
     "jpeg-segment-flood": _segment_flood_jpeg(),
+    "gif-comment-flood": _comment_flood_gif(),
+    "webp-chunk-flood": _chunk_flood_webp(),
     "absurd-png-dimensions": _png(100_000, 100_000, zlib.compress(b"\x00" * 100)),
     "png-bad-crc": corpus.leaky_png()[:20] + b"\x07" + corpus.leaky_png()[21:],
     "truncated-png": corpus.leaky_png()[:200],
@@ -105,6 +120,8 @@ CASES = {
 EXPECTED_REASON = {
     "absurd-jpeg-dimensions": "pixel limit",
     "jpeg-segment-flood": "more than 10000 segments",
+    "gif-comment-flood": "more than 100000 blocks",
+    "webp-chunk-flood": "more than 100000 chunks",
     "absurd-png-dimensions": "pixel limit",
     "5000-frame-gif": "frame limit",
     "pdf": "PDF",

@@ -10,6 +10,9 @@ from clinvault_scrub.engine.icc import clean_icc
 from clinvault_scrub.engine.model import Record, Rejected
 
 _WEBP_KEEP = {b"VP8 ", b"VP8L", b"ANIM", b"ANMF", b"ALPH"}
+# WebP chunks and top-level GIF blocks: a real file has a few per frame. Without a cap a file
+# of empty ones (4 MB: 0.7-0.8 s) would hold a worker for most of a minute at the size limit.
+MAX_BLOCKS = 100_000
 
 
 class ContainerScrub(Record):
@@ -38,7 +41,11 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
     chunks: list[tuple[bytes, bytes]] = []
     pos = 12
     vp8x: bytearray | None = None
+    count = 0
     while pos < riff_end:
+        count += 1
+        if count > MAX_BLOCKS:
+            raise Rejected(f"corrupt WebP: more than {MAX_BLOCKS} chunks")
         if pos + 8 > riff_end:
             raise Rejected("truncated WebP chunk")
         fourcc = data[pos : pos + 4]
@@ -139,8 +146,11 @@ def scrub_gif(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScru
     if pos > len(data):
         raise Rejected("truncated GIF")
     out = [data[:pos]]
-    frames = 0
+    frames = count = 0
     while True:
+        count += 1
+        if count > MAX_BLOCKS:
+            raise Rejected(f"corrupt GIF: more than {MAX_BLOCKS} blocks")
         if pos >= len(data):
             raise Rejected("truncated GIF: no trailer")
         block = data[pos]
