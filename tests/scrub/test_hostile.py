@@ -8,6 +8,7 @@ import os
 import resource
 import struct
 import time
+import tracemalloc
 import zlib
 
 import pytest
@@ -15,6 +16,7 @@ import scrub_corpus as corpus
 
 from clinvault_scrub import Limits, Profile, scrub
 from clinvault_scrub.engine import jpeg
+from clinvault_scrub.engine.icc import MAX_ICC_BYTES, clean_icc
 from clinvault_scrub.engine.model import Rejected
 from clinvault_scrub.engine.sandbox import run_limited
 
@@ -208,3 +210,24 @@ def test_frame_limit_for_real_animated_gif() -> None:
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     assert not scrub(buf.getvalue(), limits=Limits(max_frames=10)).ok
     assert scrub(buf.getvalue(), limits=Limits(max_frames=20)).ok
+
+
+def test_icc_tags_overlapping_the_whole_profile_are_refused_without_copying_it() -> None:
+    """200 tags each claiming nearly the whole profile: 200 copies of it in the worker."""
+    size = 2 * 1024 * 1024
+    header = bytearray(128)
+    header[36:40] = b"acsp"
+    count = 200
+    table = b"".join(struct.pack(">4sII", b"X%03d" % i, i, size - count) for i in range(count))
+    profile = bytes(header) + struct.pack(">I", count) + table
+    profile += b"\x00" * (size - len(profile))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="overlap"):
+            clean_icc(profile)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * size  # one copy and change, not 200
+    with pytest.raises(ValueError, match="too large"):
+        clean_icc(bytes(header) + b"\x00" * MAX_ICC_BYTES)

@@ -41,6 +41,9 @@ _STANDARD_NAMES = {
     "ecirgb v4",
 }
 _MAX_TAGS = 200
+# Real profiles are a few hundred bytes to a few megabytes (printer LUTs); this bounds the copy
+# of a hostile one, which arrives in the calling process (a care scrub has no child).
+MAX_ICC_BYTES = 16 * 1024 * 1024
 
 
 def _text_of(data: bytes) -> str:
@@ -95,17 +98,28 @@ def clean_icc(profile: bytes) -> tuple[bytes, bool]:
     """Return (cleaned profile, whether anything was removed). Raises ValueError if malformed."""
     if len(profile) < 132 or profile[36:40] != b"acsp":
         raise ValueError("not an ICC profile")
+    if len(profile) > MAX_ICC_BYTES:
+        raise ValueError("ICC profile too large")
     version_major = profile[8]
     count = struct.unpack(">I", profile[128:132])[0]
     if count > _MAX_TAGS or 132 + 12 * count > len(profile):
         raise ValueError("ICC tag table out of bounds")
     tags: list[tuple[bytes, bytes]] = []
     changed = False
+    # Tags may share data (same offset and size, as rTRC/gTRC/bTRC often do) but not overlap
+    # otherwise: so the copies taken here add up to at most the profile, not 200 times it.
+    regions: dict[tuple[int, int], bytes] = {}
+    copied = 0
     for i in range(count):
         sig, off, size = struct.unpack(">4sII", profile[132 + 12 * i : 144 + 12 * i])
         if off + size > len(profile) or size > len(profile):
             raise ValueError("ICC tag out of bounds")
-        data = profile[off : off + size]
+        data = regions.get((off, size))
+        if data is None:
+            copied += size
+            if copied > len(profile):
+                raise ValueError("ICC tags overlap")
+            data = regions[(off, size)] = profile[off : off + size]
         if sig in _TEXT_TAGS:
             if sig == b"desc" and is_standard_name(data):
                 tags.append((sig, data))
