@@ -189,3 +189,16 @@ def test_a_segment_flood_is_refused_when_streamed_too(tmp_path: Path) -> None:
     src.write_bytes(raw[:2] + b"\xff\xfe\x00\x02" * (jpeg.MAX_SEGMENTS + 1) + raw[2:])
     result = scrub_file(str(src), str(tmp_path / "out.jpg"))
     assert result.reason == f"corrupt JPEG: more than {jpeg.MAX_SEGMENTS} segments"
+
+
+def test_a_failing_read_is_a_read_error_not_a_write_error(tmp_path: Path) -> None:
+    data = corpus.leaky_jpeg()
+    read_end, write_end = os.pipe()  # a descriptor that cannot be read at an offset
+    os.close(write_end)
+    try:
+        with open(tmp_path / "out.jpg", "wb") as fout:
+            source = jpeg.FileSource(read_end, len(data))
+            with pytest.raises(jpeg.Rejected, match=r"cannot read input \(Illegal seek\)"):
+                jpeg.scrub_care_file(source, fout.fileno(), max_pixels=10**8)
+    finally:
+        os.close(read_end)

@@ -151,7 +151,10 @@ class FileSource:
         self.fd, self.size, self.chunk = fd, size, chunk
 
     def read(self, pos: int, n: int) -> bytes:
-        return os.pread(self.fd, max(0, min(n, self.size - pos)), pos)
+        try:
+            return os.pread(self.fd, max(0, min(n, self.size - pos)), pos)
+        except OSError as exc:  # told apart from a failing write of the output
+            raise Rejected(f"cannot read input ({exc.strerror or 'error'})") from exc
 
     def scan_end(self, pos: int, copy: Callable[[memoryview], None] | None) -> int:
         # A buffer from an earlier scan if one is free (list.pop and append are atomic, so
@@ -164,7 +167,10 @@ class FileSource:
             buf = memoryview(bytearray(self.chunk))
         try:
             while True:
-                got = os.preadv(self.fd, [buf[: max(0, min(len(buf), self.size - pos))]], pos)
+                try:
+                    got = os.preadv(self.fd, [buf[: max(0, min(len(buf), self.size - pos))]], pos)
+                except OSError as exc:
+                    raise Rejected(f"cannot read input ({exc.strerror or 'error'})") from exc
                 if got < 2:
                     raise Rejected("truncated JPEG: scan data without end")
                 chunk = buf[:got]
