@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from PIL import Image
 
@@ -20,18 +21,7 @@ EXE = str(Path(sys.executable).with_name("clinvault"))
 
 
 def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state, ppid, ...
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.add(int(entry.name))
-    return found
+    return {child.pid for child in psutil.Process(pid).children()}
 
 
 def _alive(pids: set[int]) -> set[int]:
