@@ -93,6 +93,18 @@ async def _put(
     return stored.object_id
 
 
+async def _put_rolled_back(
+    blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession], data: bytes
+) -> str:
+    """A put whose caller's transaction rolls back: ciphertext stored, no row for it."""
+    async with maker() as session:
+        stored = await blobs.put(
+            session, tenant_id=TENANT, patient_id=PATIENT, scope="care", data=data
+        )
+        await session.rollback()
+    return stored.object_id
+
+
 async def _read(
     blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession], oid: str
 ) -> bytes:
@@ -215,29 +227,21 @@ async def test_an_existing_object_id_is_never_overwritten(
 async def test_caller_rollback_leaves_no_readable_object(
     blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with maker() as session:
-        stored = await blobs.put(
-            session, tenant_id=TENANT, patient_id=PATIENT, scope="care", data=b"abc"
-        )
-        await session.rollback()
+    oid = await _put_rolled_back(blobs, maker, b"abc")
     async with maker() as session:
         with pytest.raises(ObjectNotFound):
-            await blobs.get(session, stored.object_id)
+            await blobs.get(session, oid)
 
 
 async def test_unregistered_ciphertext_can_be_discarded(
     blobs: EncryptedBlobStore, maker: async_sessionmaker[AsyncSession]
 ) -> None:
     # What a rolled-back put (or a killed job) leaves behind; absent ids are not an error.
-    async with maker() as session:
-        stored = await blobs.put(
-            session, tenant_id=TENANT, patient_id=PATIENT, scope="care", data=b"orphan"
-        )
-        await session.rollback()
-    assert await blobs.raw_ciphertext(stored.object_id) is not None
-    assert await blobs.discard_unregistered(stored.object_id) is True
-    assert await blobs.raw_ciphertext(stored.object_id) is None
-    assert await blobs.discard_unregistered(stored.object_id) is False
+    oid = await _put_rolled_back(blobs, maker, b"orphan")
+    assert await blobs.raw_ciphertext(oid) is not None
+    assert await blobs.discard_unregistered(oid) is True
+    assert await blobs.raw_ciphertext(oid) is None
+    assert await blobs.discard_unregistered(oid) is False
     assert await blobs.discard_unregistered(new_id("obj")) is False
 
 
