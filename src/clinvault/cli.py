@@ -81,6 +81,21 @@ async def _with_session(action: Callable[[AsyncSession], Awaitable[T]]) -> T:
         await engine.dispose()
 
 
+async def _create_key_audited(
+    session: AsyncSession, tenant: str, role: str, label: str | None
+) -> IssuedKey:
+    from clinvault_shared import audit
+    from clinvault_shared.auth import create_key
+
+    issued = await create_key(session, tenant_id=tenant, role=role, label=label)
+    # Operators' key changes belong in the same chain as everything else (actor: the CLI).
+    await audit.record(
+        session, tenant_id=tenant, actor_key_id=None, action="api_key.create",
+        outcome="created", object_id=issued.key_id, detail={"role": issued.role},
+    )  # fmt: skip
+    return issued
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant the key belongs to (created if new).")],
@@ -90,21 +105,12 @@ def keys_create(
     """Create an API key and print it alone on stdout, once."""
     import asyncio
 
-    from clinvault_shared import audit
-    from clinvault_shared.auth import create_key
     from clinvault_shared.errors import ClinvaultError
 
-    async def action(session: AsyncSession) -> IssuedKey:
-        issued = await create_key(session, tenant_id=tenant, role=role.value, label=label)
-        # Operators' key changes belong in the same chain as everything else (actor: the CLI).
-        await audit.record(
-            session, tenant_id=tenant, actor_key_id=None, action="api_key.create",
-            outcome="created", object_id=issued.key_id, detail={"role": issued.role},
-        )  # fmt: skip
-        return issued
-
     try:
-        issued = asyncio.run(_with_session(action))
+        issued = asyncio.run(
+            _with_session(lambda s: _create_key_audited(s, tenant, role.value, label))
+        )
     except ClinvaultError as exc:
         raise _fail(exc.message, 2) from None
     _say(
@@ -273,18 +279,12 @@ def serve(
 def _bootstrap_admin() -> None:
     import asyncio
 
-    from clinvault_shared import audit
-    from clinvault_shared.auth import create_key, list_keys
+    from clinvault_shared.auth import list_keys
 
     async def action(session: AsyncSession) -> IssuedKey | None:
         if any(k.role == "admin" and k.revoked_at is None for k in await list_keys(session)):
             return None
-        issued = await create_key(session, tenant_id="default", role="admin", label="first admin")
-        await audit.record(
-            session, tenant_id="default", actor_key_id=None, action="api_key.create",
-            outcome="created", object_id=issued.key_id, detail={"role": "admin"},
-        )  # fmt: skip
-        return issued
+        return await _create_key_audited(session, "default", "admin", "first admin")
 
     issued = asyncio.run(_with_session(action))
     if issued is None:
