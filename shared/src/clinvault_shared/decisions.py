@@ -89,6 +89,12 @@ def authorization_state(authorization: Authorization, at: datetime) -> str:
     return "active"
 
 
+def in_force(authorization: Authorization | None, at: datetime) -> bool:
+    """There is an authorization and it is active at `at`: one past its expiry is over
+    before the expiry job runs."""
+    return authorization is not None and authorization_state(authorization, at) == "active"
+
+
 def covers_image(authorization: Authorization, image: Image | None) -> bool:
     """True when the authorization names the image, in its list or through its encounter."""
     if image is None:
@@ -440,4 +446,5 @@ __all__ = [
     "decide_routine",
     "decide_secondary",
     "decide_via",
+    "in_force",
 ]

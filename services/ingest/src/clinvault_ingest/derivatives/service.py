@@ -21,7 +21,7 @@ from clinvault_shared.auth import Principal
 from clinvault_shared.blobstore import KeyDestroyed
 from clinvault_shared.db.base import new_id, utcnow
 from clinvault_shared.db.models import Derivative
-from clinvault_shared.decisions import authorization_state, decide
+from clinvault_shared.decisions import decide, in_force
 from clinvault_shared.errors import ClinvaultError, Conflict, Forbidden, Gone, NotFound
 from clinvault_shared.runtime import Runtime
 
@@ -214,8 +214,7 @@ async def _open(
     authorization = await repository.authorization(
         session, tenant_id=principal.tenant_id, authorization_id=derivative.authorization_id
     )
-    # The effective state: an authorization past its expiry is over before the expiry job runs.
-    if authorization is None or authorization_state(authorization, utcnow()) != "active":
+    if not in_force(authorization, utcnow()):
         await no(Gone("the authorization for this derivative is no longer active"))
     if derivative.status not in allowed or derivative.object_id is None:
         await no(Conflict(f"the derivative is {derivative.status}"))

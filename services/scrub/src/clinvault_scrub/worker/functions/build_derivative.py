@@ -17,7 +17,7 @@ from clinvault_scrub.worker.common import (
     transient_faults_retry,
 )
 from clinvault_shared.blobstore import BlobUnavailable, KeyDestroyed
-from clinvault_shared.decisions import authorization_state
+from clinvault_shared.decisions import in_force
 from clinvault_shared.faults import is_transient
 from clinvault_shared.runtime import WorkerContext
 
@@ -72,10 +72,7 @@ async def build_derivative(ctx: WorkerContext | dict[str, Any], derivative_id: s
                 )
                 await session.commit()
                 return "rejected"
-            if (
-                authorization is None
-                or authorization_state(authorization, datetime.now(UTC)) != "active"
-            ):
+            if not in_force(authorization, datetime.now(UTC)):
                 await repository.finish_derivative(
                     session,
                     derivative_id,
