@@ -158,17 +158,15 @@ def test_the_file_check_reads_back_what_was_written(tmp_path: Path) -> None:
     cut = start + length
     bad.write_bytes(j.output[:cut] + b"\xff\xfe\x00\x07hello" + j.output[cut:])
     with open(good, "rb") as f:
-        assert verify.check_file(f.fileno(), len(j.output), "jpeg", jpeg_runs=j.scan_runs) == []
+        assert verify.check_jpeg_file(f.fileno(), len(j.output), jpeg_runs=j.scan_runs) == []
     with open(bad, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        assert verify.check_file(f.fileno(), size, "jpeg", jpeg_runs=j.scan_runs) == [
-            "segment 0xfe"
-        ]
+        assert verify.check_jpeg_file(f.fileno(), size, jpeg_runs=j.scan_runs) == ["segment 0xfe"]
         # Trailing bytes past what the scrub wrote are data after the end of the image.
     with open(good, "ab") as f:
         f.write(b"tail")
     with open(good, "rb") as f:
-        problems = verify.check_file(f.fileno(), len(j.output) + 4, "jpeg", jpeg_runs=j.scan_runs)
+        problems = verify.check_jpeg_file(f.fileno(), len(j.output) + 4, jpeg_runs=j.scan_runs)
     assert problems == ["data after end of image"]
 
 

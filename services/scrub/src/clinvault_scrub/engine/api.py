@@ -16,9 +16,12 @@ from clinvault_scrub.engine.model import (
     Rejected,
     ScrubResult,
     Status,
+    io_failure,
 )
 
 _DEFAULT_LIMITS = Limits()
+# What the fail-closed check of every output proves (verify.check), as the record names it.
+_OUTPUT_CHECKS = ("reparse", "metadata_whitelist", "single_image", "no_trailer")
 
 
 def _care(
@@ -116,7 +119,7 @@ def scrub(
             hints=terms,
             jpeg_runs=jpeg_runs,
         )
-        checks += ["reparse", "metadata_whitelist", "single_image", "no_trailer"]
+        checks += _OUTPUT_CHECKS
         if terms:
             checks.append("hint_bytes")
         if problems:
@@ -168,7 +171,7 @@ def scrub_file(
     try:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        result.reason = f"cannot read input ({exc.strerror or 'error'})"
+        result.reason = io_failure("read input", exc)
         return _finish(result, profile, [])
     try:
         try:
@@ -182,7 +185,7 @@ def scrub_file(
             with open(fd, "rb", closefd=False) as f:
                 data = f.read()
         except OSError as exc:
-            result.reason = f"cannot read input ({exc.strerror or 'error'})"
+            result.reason = io_failure("read input", exc)
             return _finish(result, profile, [])
         result = scrub(data, profile, redactions=redactions, limits=limits)
         del data
@@ -194,7 +197,7 @@ def scrub_file(
             except OSError as exc:
                 _discard(partial)
                 result.status, result.output_format = Status.REJECTED, None
-                result.reason = f"cannot write output ({exc.strerror or 'error'})"
+                result.reason = io_failure("write output", exc)
                 return _finish(result, profile, result.record.get("checks", []))
         result.output = None
         return result
@@ -208,14 +211,14 @@ def _stream_care_jpeg(fd: int, size: int, partial: str, target: str, limits: Lim
     try:
         out = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        result.reason = f"cannot write output ({exc.strerror or 'error'})"
+        result.reason = io_failure("write output", exc)
         return _finish(result, Profile.CARE, checks)
     try:
         j = jpeg.scrub_care_file(jpeg.FileSource(fd, size), out, max_pixels=limits.max_pixels)
         result.removed, result.captured_at = j.removed, j.captured_at
         # The fail-closed check re-reads the output from the file it was written to.
-        problems = verify.check_file(out, j.written, "jpeg", jpeg_runs=j.scan_runs)
-        checks += ["reparse", "metadata_whitelist", "single_image", "no_trailer"]
+        problems = verify.check_jpeg_file(out, j.written, jpeg_runs=j.scan_runs)
+        checks += _OUTPUT_CHECKS
         if problems:
             raise Rejected("output failed verification: " + "; ".join(sorted(set(problems))))
         os.close(out)
@@ -225,7 +228,7 @@ def _stream_care_jpeg(fd: int, size: int, partial: str, target: str, limits: Lim
     except Rejected as exc:
         result.reason = str(exc)
     except OSError as exc:
-        result.reason = f"cannot write output ({exc.strerror or 'error'})"
+        result.reason = io_failure("write output", exc)
     except Exception as exc:
         result.reason = f"internal error while scrubbing ({type(exc).__name__})"
     finally:

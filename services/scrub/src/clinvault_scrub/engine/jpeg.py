@@ -20,7 +20,7 @@ import re2
 
 from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.icc import clean_icc, icc_is_clean
-from clinvault_scrub.engine.model import Record, Rejected
+from clinvault_scrub.engine.model import Record, Rejected, io_failure
 
 SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -154,7 +154,7 @@ class FileSource:
         try:
             return os.pread(self.fd, max(0, min(n, self.size - pos)), pos)
         except OSError as exc:  # told apart from a failing write of the output
-            raise Rejected(f"cannot read input ({exc.strerror or 'error'})") from exc
+            raise Rejected(io_failure("read input", exc)) from exc
 
     def scan_end(self, pos: int, copy: Callable[[memoryview], None] | None) -> int:
         # A buffer from an earlier scan if one is free (list.pop and append are atomic, so
@@ -170,7 +170,7 @@ class FileSource:
                 try:
                     got = os.preadv(self.fd, [buf[: max(0, min(len(buf), self.size - pos))]], pos)
                 except OSError as exc:
-                    raise Rejected(f"cannot read input ({exc.strerror or 'error'})") from exc
+                    raise Rejected(io_failure("read input", exc)) from exc
                 if got < 2:
                     raise Rejected("truncated JPEG: scan data without end")
                 chunk = buf[:got]

@@ -167,5 +167,11 @@ class ScrubResult(Record):
         return self.status is Status.SCRUBBED
 
 
+def io_failure(what: str, exc: OSError) -> str:
+    """The reason for a failed read or write: the system's words, never the path (a file name
+    may name a patient)."""
+    return f"cannot {what} ({exc.strerror or 'error'})"
+
+
 class Rejected(Exception):
     """The input cannot be scrubbed safely; the message is a reason without PHI."""

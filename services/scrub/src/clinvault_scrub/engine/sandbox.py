@@ -17,7 +17,7 @@ The child talks to the parent in frames (a kind byte, a length, a pickle). It ma
 parent questions on the way (`ask`): de-identification sends small oriented copies up, the
 parent runs the detectors, and the child redacts and encodes the full-size pixels it already
 holds, so those never cross a pipe. The parent unpickles only plain values and the engine's
-own dataclasses: a child taken over by a decoder bug cannot make it run anything.
+own records: a child taken over by a decoder bug cannot make it run anything.
 """
 
 from __future__ import annotations

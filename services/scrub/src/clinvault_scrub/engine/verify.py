@@ -128,16 +128,10 @@ def check(
     return problems
 
 
-def check_file(
-    fd: int, size: int, fmt: str, *, jpeg_runs: Mapping[int, int] | None = None
-) -> list[str]:
-    """check() for an output streamed to a file: read back where needed, not whole.
-
-    Only care JPEGs are streamed, so only they are checked here; there are no hints to search
-    for (a caller with identifier hints scrubs in memory, where every output byte is searched).
-    """
-    if fmt != "jpeg":
-        raise ValueError("only JPEG outputs are streamed to files")
-    if sniff_format(os.pread(fd, 64, 0)) != fmt:
+def check_jpeg_file(fd: int, size: int, *, jpeg_runs: Mapping[int, int] | None = None) -> list[str]:
+    """check() for a care JPEG streamed to a file (the only output that is), read back where
+    needed rather than whole. There are no hints to search for: a caller with identifier
+    hints scrubs in memory, where every output byte is searched."""
+    if sniff_format(os.pread(fd, 64, 0)) != "jpeg":
         return ["output format does not match"]
     return jpeg.check_clean(jpeg.FileSource(fd, size, chunk=1 << 16), known_runs=jpeg_runs)
