@@ -204,6 +204,68 @@ def test_process_pool_only_for_batches_worth_it(monkeypatch: pytest.MonkeyPatch)
     assert batch._workers(1000, 1) == 1  # one core: never a pool
 
 
+def test_thread_map_keeps_order_and_raises_in_the_caller() -> None:
+    import time
+
+    from clinvault_scrub import batch
+
+    def slow_first(i: int) -> int:
+        time.sleep(0.05 if i == 0 else 0)  # the first job finishes last
+        return i * 10
+
+    assert list(batch._thread_map(slow_first, list(range(20)), 3)) == [i * 10 for i in range(20)]
+
+    def fails_on_three(i: int) -> int:
+        if i == 3:
+            raise ValueError("job 3")
+        return i
+
+    results = batch._thread_map(fails_on_three, list(range(6)), 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="job 3"):
+        next(results)
+
+
+def test_inputs_with_the_same_name_get_their_own_outputs(tmp_path: Path) -> None:
+    """Phone exports repeat names (IMG_0001.jpg in two folders): neither output overwrites the
+    other, and each JSON line says where its output went. Nine files: worker threads on two
+    cores."""
+    inputs = []
+    for folder in range(8):  # orientations 1-8 tell the outputs apart
+        d = tmp_path / f"phone{folder}"
+        d.mkdir()
+        (d / "IMG_0001.jpg").write_bytes(corpus.leaky_jpeg(orientation=1 + folder))
+        inputs.append(str(d / "IMG_0001.jpg"))
+    inputs.append(inputs[0])  # the same file twice: two outputs too
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "clinvault"),
+            "scrub",
+            *inputs,
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["input"] for line in lines] == inputs
+    outputs = [line["output"] for line in lines]
+    names = ("IMG_0001.jpg", "IMG_0001-2.jpg", "IMG_0001-3.jpg")
+    assert outputs[:3] == [str(out / n) for n in names]
+    assert len(set(outputs)) == len(inputs)
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(o) for o in outputs)
+    from PIL import Image
+
+    for i, path in enumerate(outputs[:8]):  # each output is its own input's scrub
+        assert (Image.open(path).getexif().get(0x0112) or 1) == 1 + i
+
+
 def test_a_closed_pipe_ends_the_executable_quietly(inputs: dict[str, Path], tmp_path: Path) -> None:
     """`clinvault scrub ... | head`: the reader leaves early; no traceback, exit status 1."""
     exe = Path(sys.executable).parent / "clinvault"

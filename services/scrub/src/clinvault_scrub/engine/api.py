@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -149,6 +150,9 @@ def _finish(result: ScrubResult, profile: Profile, checks: list[str]) -> ScrubRe
     return result
 
 
+_partial_serial = itertools.count()  # next() on it is atomic under the GIL
+
+
 def scrub_file(
     source: str,
     target: str,
@@ -166,7 +170,8 @@ def scrub_file(
     """
     profile = Profile(profile)
     directory, name = os.path.split(target)
-    partial = os.path.join(directory, f".{name}.{os.getpid()}.partial")
+    # Unique per call: threads of one process may scrub into the same directory at once.
+    partial = os.path.join(directory, f".{name}.{os.getpid()}.{next(_partial_serial)}.partial")
     result = ScrubResult(status=Status.REJECTED)
     try:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
