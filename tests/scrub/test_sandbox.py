@@ -113,6 +113,28 @@ def test_zygote_ends_with_its_process(ending: str, tmp_path: Path) -> None:
     assert not running(zygote)
 
 
+def test_zygote_outlives_the_thread_that_started_it() -> None:
+    """PR_SET_PDEATHSIG follows the thread that forked the zygote: one started from a worker
+    thread that then ends must still serve the other threads (`clinvault scrub` threads)."""
+    import threading
+
+    sandbox.shutdown()
+    first = threading.Thread(target=run_limited, args=(_own_pid, (), Limits()))
+    first.start()
+    first.join()  # the thread whose call started the zygote has ended
+    assert sandbox._zygote is not None
+    started = sandbox._zygote.pid
+    time.sleep(0.3)  # a death signal, had one been sent, has arrived
+    assert sandbox._zygote.proc.poll() is None, "the zygote died with the thread"
+    results: list[int] = []
+    second = threading.Thread(target=lambda: results.append(run_limited(_own_pid, (), Limits())))
+    second.start()
+    second.join()
+    assert len(results) == 1
+    assert results[0] != os.getpid()
+    assert sandbox._zygote.pid == started  # served by the same zygote, not a replacement
+
+
 def test_shutdown_reaps_the_zygote_and_the_next_call_starts_another() -> None:
     run_limited(sum, ([1],), Limits())
     assert sandbox._zygote is not None

@@ -43,6 +43,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from clinvault_scrub.engine.model import Limits, Record, Rejected
@@ -322,14 +323,33 @@ class _Zygote:
 
 _zygote: _Zygote | None = None
 _zygote_lock = threading.Lock()
+_keeper: ThreadPoolExecutor | None = None
+
+
+def _start_zygote() -> _Zygote:
+    """A new zygote, started from a thread that lives as long as this process.
+
+    The zygote dies with the thread that started it, not the process: PR_SET_PDEATHSIG
+    (die_with_parent) fires when the forking *thread* ends. One started from a short-lived
+    thread (`clinvault scrub` runs a care batch on worker threads) would be killed under
+    the other threads' decodes. So the main thread starts it itself, any other thread has one
+    long-lived helper thread start it.
+    """
+    global _keeper
+    if threading.current_thread() is threading.main_thread():
+        return _Zygote()
+    if _keeper is None:
+        _keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-zygote-parent")
+    return _keeper.submit(_Zygote).result()
 
 
 def _forget_zygote_after_fork() -> None:
-    # A forked process (a pool worker) must not share this one's zygote.
-    global _zygote, _zygote_lock
+    # A forked process (a pool worker) must not share this one's zygote, nor its helper
+    # thread (which does not exist in the child).
+    global _zygote, _zygote_lock, _keeper
     if _zygote is not None:
         _zygote.sock.close()
-    _zygote, _zygote_lock = None, threading.Lock()
+    _zygote, _zygote_lock, _keeper = None, threading.Lock(), None
 
 
 os.register_at_fork(after_in_child=_forget_zygote_after_fork)
@@ -349,7 +369,7 @@ def _fork_child(fds: list[int]) -> tuple[_Zygote, int]:
     with _zygote_lock:
         for attempt in (1, 2):
             if _zygote is None:
-                _zygote = _Zygote()
+                _zygote = _start_zygote()
             try:
                 return _zygote, _zygote.fork(fds)
             except OSError:  # it died (killed, or the thread that forked it ended): a new one
