@@ -210,3 +210,34 @@ def test_face_model_takes_only_the_image_as_input() -> None:
     session = faces._session()
     assert [i.name for i in session.get_inputs()] == ["input.1"]
     assert session.get_inputs()[0].shape[2:] == ["H", "W"]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["jpeg", "png", "webp", "gif", "tiff", "heif"],
+)
+def test_every_format_deidentifies_without_a_canary(kind: str) -> None:
+    """Each leaky corpus file (EXIF, XMP, text chunks, comments, an ICC profile with free
+    text...) comes out de-identified, none of its canaries anywhere in the output bytes, and
+    a colour profile the input had is kept, cleaned."""
+    data = {
+        "jpeg": corpus.leaky_jpeg,
+        "png": corpus.leaky_png,
+        "webp": corpus.leaky_webp,
+        "gif": corpus.leaky_gif,
+        "tiff": corpus.leaky_tiff,
+        "heif": corpus.leaky_heif,
+    }[kind]()
+    result = scrub(data, Profile.DEIDENTIFY, read_text=False)
+    assert result.ok, result.reason
+    out = result.output
+    assert out is not None
+    searched = out + (corpus.inflate_all(out) if out.startswith(b"\x89PNG") else b"")
+    for form in corpus.canary_forms("CANARY"):
+        assert form.lower() not in searched.lower()
+    had_icc = Image.open(io.BytesIO(data)).info.get("icc_profile")
+    if had_icc:
+        kept = Image.open(io.BytesIO(out)).info.get("icc_profile")
+        assert kept, "the colour profile was dropped"
+        assert b"CANARY" not in kept
+        assert kept[24:36] == bytes(12)  # no timestamp, not even the profile's creation date

@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from clinvault_scrub.engine import exif as exif_mod
-from clinvault_scrub.engine.icc import clean_icc
+from clinvault_scrub.engine import png
+from clinvault_scrub.engine.icc import clean_icc, without_date
 from clinvault_scrub.engine.model import Limits, Rejected
 
 # Tags a scrubbed TIFF may carry: image structure, Orientation, ICC profile.
@@ -274,6 +275,7 @@ def render_redacted(
         raise Rejected("image exceeds the pixel limit")
     frames = int(getattr(im, "n_frames", 1) or 1)
     icc, _ = _clean_icc_or_none(im.info.get("icc_profile"))
+    icc = icc and without_date(icc)
     # pillow-heif applies the HEIF transforms itself; EXIF orientation must not be applied twice.
     orientation = 1 if im.format == "HEIF" else int(im.getexif().get(0x0112, 1) or 1)
     if not 1 <= orientation <= 8:
@@ -283,6 +285,9 @@ def render_redacted(
     im.load()
     full = im if im.mode == target else im.convert(target)
     del im
+    # Nothing of the input's metadata may reach an encoder: Pillow's PNG encoder writes
+    # info["icc_profile"] (the profile before cleaning) when it is not given one.
+    full.info = {}
 
     # Detection copies: box-filtered reductions of the decoded pixels (about 10 ms for 12 MP;
     # cheaper than a second, draft()-scaled decode), oriented as displayed.
@@ -307,17 +312,19 @@ def render_redacted(
         full.paste(black, stored_box(box, full.size, orientation))
 
     buf = io.BytesIO()
-    kwargs: dict[str, Any] = {"icc_profile": icc} if icc else {}
     lossless = input_format in _LOSSLESS_INPUTS or keep_alpha
     if lossless:
         # PNG has no Orientation tag our scrub keeps: the pixels are turned instead.
-        _transpose(full, orientation).save(buf, "PNG", compress_level=6, **kwargs)
+        _transpose(full, orientation).save(buf, "PNG", compress_level=6)
+        output = png.with_icc(buf.getvalue(), icc) if icc else buf.getvalue()
     else:
+        kwargs: dict[str, Any] = {"icc_profile": icc} if icc else {}
         if orientation != 1:
             kwargs["exif"] = b"Exif\x00\x00" + exif_mod.minimal_exif(orientation)
         full.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False, **kwargs)
+        output = buf.getvalue()
     return Rendered(
-        output=buf.getvalue(),
+        output=output,
         output_format="png" if lossless else "jpeg",
         orientation_applied=lossless and orientation != 1,
         pages_dropped=frames - 1,

@@ -159,3 +159,12 @@ def icc_is_clean(profile: bytes) -> bool:
         return clean_icc(profile)[0] == profile
     except ValueError:
         return False
+
+
+def without_date(profile: bytes) -> bytes:
+    """The profile with its header's creation date zeroed (de-identified outputs keep no
+    timestamp at all). The date is informational: colour engines do not use it, and the
+    profile ID that covers it is already zero in a cleaned profile."""
+    if len(profile) < 128:
+        return profile
+    return profile[:24] + b"\x00" * 12 + profile[36:]

@@ -37,6 +37,23 @@ def _chunk(ctype: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
 
 
+def iccp_chunk(profile: bytes) -> bytes:
+    """The iCCP chunk a scrubbed PNG carries: a cleaned profile under one fixed name."""
+    return _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile, 9))
+
+
+def with_icc(data: bytes, profile: bytes) -> bytes:
+    """`data`, a PNG an encoder wrote without a profile, with iCCP put right after IHDR.
+
+    Pillow names the profile "ICC Profile" and compresses it its own way; the output check
+    wants exactly what a care scrub writes, so the chunk is ours.
+    """
+    ihdr_end = len(SIGNATURE) + 12 + 13
+    if data[12:16] != b"IHDR":
+        raise Rejected("encoder wrote a PNG without IHDR first")
+    return data[:ihdr_end] + iccp_chunk(profile) + data[ihdr_end:]
+
+
 def scrub_care(data: bytes, *, max_pixels: int, max_frames: int) -> PngScrub:
     mv = memoryview(data)
     if not data.startswith(SIGNATURE):
@@ -94,7 +111,7 @@ def scrub_care(data: bytes, *, max_pixels: int, max_frames: int) -> PngScrub:
             else:
                 if changed or bytes(body[:nul]) != b"ICC profile":
                     removed.append("icc.free_text")
-                out.append(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(cleaned, 9)))
+                out.append(iccp_chunk(cleaned))
         else:
             name = _NAMES.get(ctype, "png.chunk." + ctype.decode("latin-1", "replace"))
             if ctype == b"eXIf":
