@@ -285,3 +285,34 @@ def test_a_closed_pipe_ends_the_executable_quietly(inputs: dict[str, Path], tmp_
     assert proc.returncode == 1
     assert proc.stderr == ""
     assert (tmp_path / "o" / "photo.jpg").exists()  # the work done before the pipe closed stays
+
+
+def test_output_names_follow_the_output_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deidentified TIFF is a PNG and is named so; a PNG that came named .jpg leaves as .png;
+    scan.tif and scan.png, both PNGs after deidentify, do not overwrite each other."""
+    from clinvault_scrub.batch import run_scrub
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "scan.tif").write_bytes(corpus.leaky_tiff())
+    (d / "scan.png").write_bytes(corpus.leaky_png())
+    (d / "photo.jpg").write_bytes(corpus.leaky_png())  # the content decides, not the name
+    (d / "IMG_1.JPG").write_bytes(corpus.leaky_jpeg())
+    inputs = [str(d / n) for n in ("scan.tif", "scan.png", "photo.jpg", "IMG_1.JPG")]
+    out = tmp_path / "out"
+    assert run_scrub([*inputs, "--out", str(out), "--profile", "deidentify", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    names = [os.path.basename(line["output"]) for line in lines]
+    assert names == ["scan.png", "scan-2.png", "photo.png", "IMG_1.JPG"]
+    assert sorted(os.listdir(out)) == sorted(names)
+    for name in names:
+        assert _format_of(out / name) == ("JPEG" if name.endswith("JPG") else "PNG")
+
+
+def _format_of(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return str(im.format)

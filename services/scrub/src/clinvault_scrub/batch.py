@@ -37,9 +37,38 @@ def parse_region(text: str) -> Region:
     return Region(x, y, w, h, label.strip())
 
 
+# File name extensions by output format; the first is given to an output whose name has none
+# of them (a deidentified TIFF is a PNG, a deidentified HEIC photo a JPEG).
+_EXTENSIONS = {
+    "jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "png": (".png",),
+    "tiff": (".tiff", ".tif"),
+    "heif": (".heic", ".heif", ".hif"),
+    "webp": (".webp",),
+    "gif": (".gif",),
+}
+
+
+def _named_for_format(target: str, output_format: str | None) -> str:
+    """`target` with the extension of the format it holds (unchanged when it already has one)."""
+    extensions = _EXTENSIONS.get(output_format or "")
+    stem, ext = os.path.splitext(target)
+    if not extensions or ext.lower() in extensions:
+        return target
+    return stem + extensions[0]
+
+
 def _scrub_one(args: tuple[str, str, str, list[Region]]) -> dict[str, Any]:
     path, target, profile, regions = args
     result = scrub_file(path, target, profile, redactions=regions)
+    if result.ok:
+        named = _named_for_format(target, result.output_format)
+        if named != target:
+            try:
+                os.replace(target, named)
+                target = named
+            except OSError:  # keep the output under the name it was written to
+                pass
     if profile != Profile.CARE.value or result.format != "jpeg":
         _keep_freed_buffers()  # this one was read whole: reuse such buffers from now on
     return {
@@ -73,18 +102,19 @@ def _workers(jobs: int, min_per_worker: int) -> int:
 
 def _output_paths(inputs: list[str], out_dir: str) -> list[str]:
     """One output per input, named after it; inputs that share a name (IMG_0001.jpg from two
-    phone folders) get -2, -3... before the extension instead of overwriting each other."""
+    phone folders) get -2, -3... before the extension instead of overwriting each other.
+    Names are told apart by their stem, since an output's extension follows its format
+    (scan.tif and scan.png may both end as PNGs)."""
     taken: set[str] = set()
     paths = []
     for path in inputs:
-        name = os.path.basename(path)
-        stem, ext = os.path.splitext(name)
-        n = 1
-        while name in taken:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        unique, n = stem, 1
+        while unique in taken:
             n += 1
-            name = f"{stem}-{n}{ext}"
-        taken.add(name)
-        paths.append(os.path.join(out_dir, name))
+            unique = f"{stem}-{n}"
+        taken.add(unique)
+        paths.append(os.path.join(out_dir, unique + ext))
     return paths
 
 
