@@ -112,7 +112,7 @@ def scan_command(
     )
     for cat in CATEGORIES:
         if totals[cat]:
-            typer.echo(f"  {cat}: {totals[cat]} files")
+            typer.echo(f"  {cat}: {totals[cat]} file{'' if totals[cat] == 1 else 's'}")
 
 
 def register(app: typer.Typer) -> None:
