@@ -29,6 +29,10 @@ def main() -> None:
         # Unix tools do. Python flushes stdout again at exit, so point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        # Ctrl-C: the files already written stay, none is left half-written; no traceback.
+        sys.stderr.write("clinvault: interrupted\n")
+        raise SystemExit(130) from None  # 128 + SIGINT, as shells report it
 
 
 if __name__ == "__main__":

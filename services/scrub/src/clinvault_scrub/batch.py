@@ -131,9 +131,10 @@ def _thread_map(fn: Any, jobs: list[Any], workers: int) -> Iterator[Any]:
     done = [threading.Event() for _ in jobs]
     pending = iter(range(len(jobs)))
     take = threading.Lock()
+    stop = threading.Event()
 
     def work() -> None:
-        while True:
+        while not stop.is_set():
             with take:
                 i = next(pending, None)
             if i is None:
@@ -144,15 +145,23 @@ def _thread_map(fn: Any, jobs: list[Any], workers: int) -> Iterator[Any]:
                 results[i] = (False, exc)
             done[i].set()
 
-    for _ in range(workers):
-        threading.Thread(target=work, name="scrub", daemon=True).start()
-    for i in range(len(jobs)):
-        done[i].wait()
-        ok, value = results[i]
-        results[i] = None
-        if not ok:
-            raise value
-        yield value
+    threads = [threading.Thread(target=work, name="scrub", daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(len(jobs)):
+            done[i].wait()
+            ok, value = results[i]
+            results[i] = None
+            if not ok:
+                raise value
+            yield value
+    finally:
+        # Interrupted (Ctrl-C, a closed pipe, a failure): no new files, and the ones in hand
+        # are finished (milliseconds each) rather than cut off with their partial outputs left.
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def run_many(
