@@ -348,3 +348,33 @@ def test_ctrl_c_stops_a_batch_cleanly(tmp_path: Path) -> None:
     assert not [n for n in written if n.startswith(".")]  # no partial file left
     expected = scrub(data).output
     assert all((out / n).read_bytes() == expected for n in written)
+
+
+def test_a_folder_is_scrubbed_with_its_subfolders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`clinvault scrub DCIM --out clean`: every file in the folder, subfolders kept in the
+    output; what is not an image is reported, not copied."""
+    from clinvault_scrub.batch import run_scrub
+
+    dcim = tmp_path / "DCIM"
+    (dcim / "100APPLE").mkdir(parents=True)
+    (dcim / "101APPLE").mkdir()
+    (dcim / "100APPLE" / "IMG_0001.JPG").write_bytes(corpus.leaky_jpeg())
+    (dcim / "101APPLE" / "IMG_0001.JPG").write_bytes(corpus.leaky_jpeg(orientation=6))
+    (dcim / "101APPLE" / "notes.txt").write_bytes(b"patient called back")
+    (dcim / "cover.png").write_bytes(corpus.leaky_png())
+    out = tmp_path / "clean"
+    assert run_scrub([str(dcim), "--out", str(out), "--json"]) == 1  # notes.txt rejected
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [os.path.relpath(line["input"], dcim) for line in lines] == [
+        "cover.png",
+        "100APPLE/IMG_0001.JPG",
+        "101APPLE/IMG_0001.JPG",
+        "101APPLE/notes.txt",
+    ]
+    assert [line["status"] for line in lines] == ["scrubbed"] * 3 + ["rejected"]
+    assert lines[3]["output"] is None
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["100APPLE/IMG_0001.JPG", "101APPLE/IMG_0001.JPG", "cover.png"]
+    assert b"CANARY" not in (out / "101APPLE" / "IMG_0001.JPG").read_bytes()

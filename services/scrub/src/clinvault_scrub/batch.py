@@ -100,15 +100,35 @@ def _workers(jobs: int, min_per_worker: int) -> int:
     return max(1, min(cores, jobs // max(1, min_per_worker)))
 
 
-def _output_paths(inputs: list[str], out_dir: str) -> list[str]:
-    """One output per input, named after it; inputs that share a name (IMG_0001.jpg from two
-    phone folders) get -2, -3... before the extension instead of overwriting each other.
+def walk(root: str) -> Iterator[str]:
+    """Every file under `root`, folder by folder, in name order (`scrub` and `scan` alike)."""
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        for name in sorted(files):
+            yield os.path.join(dirpath, name)
+
+
+def _expand(inputs: list[str]) -> list[tuple[str, str]]:
+    """(file, name of its output relative to the output folder) for each input: a file is
+    named after itself, a folder stands for every file in it, named by its path inside."""
+    found: list[tuple[str, str]] = []
+    for given in inputs:
+        if os.path.isdir(given):
+            found += [(path, os.path.relpath(path, given)) for path in walk(given)]
+        else:
+            found.append((given, os.path.basename(given)))
+    return found
+
+
+def _output_paths(names: list[str], out_dir: str) -> list[str]:
+    """One output per input name, inside `out_dir`; names that would collide (IMG_0001.jpg from
+    two phone folders) get -2, -3... after the name instead of overwriting each other.
     Names are told apart by their stem, since an output's extension follows its format
     (scan.tif and scan.png may both end as PNGs)."""
     taken: set[str] = set()
     paths = []
-    for path in inputs:
-        stem, ext = os.path.splitext(os.path.basename(path))
+    for name in names:
+        stem, ext = os.path.splitext(name)
         unique, n = stem, 1
         while unique in taken:
             n += 1
@@ -220,7 +240,12 @@ def _scrub_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
         description="Scrub images: metadata removed (care) or de-identified (deidentify).",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files to scrub")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files to scrub, or folders (every file in them, subfolders kept)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--profile", choices=[p.value for p in Profile], default=Profile.CARE.value)
     parser.add_argument(
@@ -273,10 +298,16 @@ def run_scrub(argv: list[str]) -> int:
         os.makedirs(out, exist_ok=True)
     except OSError:
         parser.error("--out: cannot create the output directory")
-    inputs = [str(p) for p in args.inputs]
+    found = _expand([str(p) for p in args.inputs])
+    targets = _output_paths([name for _, name in found], str(out))
+    try:
+        for folder in {os.path.dirname(t) for t in targets}:  # a folder's subfolders
+            os.makedirs(folder, exist_ok=True)
+    except OSError:
+        parser.error("--out: cannot create a folder inside the output directory")
     jobs = [
         (path, target, profile.value, regions)
-        for path, target in zip(inputs, _output_paths(inputs, str(out)), strict=True)
+        for (path, _), target in zip(found, targets, strict=True)
     ]
     care = profile is Profile.CARE
     # A deidentify scrub takes a few hundred milliseconds of Python, Pillow and the face model:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from clinvault_scrub.batch import parse_region, run_many, run_scrub
+from clinvault_scrub.batch import parse_region, run_many, run_scrub, walk
 
 __all__ = ["parse_region", "register", "run_scrub"]
 
@@ -25,12 +24,6 @@ def scrub_command(ctx: typer.Context) -> None:
     # Reached only through a Typer app (tests, `clinvault --help`); the executable routes
     # `scrub` to batch.run_scrub before Typer loads. One argparse parser serves both.
     raise typer.Exit(run_scrub(ctx.args))
-
-
-def _walk(root: Path) -> Iterable[Path]:
-    for dirpath, _, files in os.walk(root):
-        for name in sorted(files):
-            yield Path(dirpath) / name
 
 
 def _scan_one(args: tuple[str, str]) -> dict[str, Any]:
@@ -89,7 +82,7 @@ def scan_command(
 
     if not directory.is_dir():
         raise typer.BadParameter("not a directory", param_hint="DIR")
-    jobs = [(str(p), str(directory)) for p in _walk(directory)]
+    jobs = [(path, str(directory)) for path in walk(str(directory))]
     # A scan runs the face, barcode and text detectors: a process per core pays from 2 files.
     files = list(run_many(_scan_one, jobs, "scan", min_per_worker=1)) if jobs else []
     totals = {c: sum(1 for f in files if f.get("risks", {}).get(c)) for c in CATEGORIES}
