@@ -378,3 +378,19 @@ def test_a_folder_is_scrubbed_with_its_subfolders(
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ["100APPLE/IMG_0001.JPG", "101APPLE/IMG_0001.JPG", "cover.png"]
     assert b"CANARY" not in (out / "101APPLE" / "IMG_0001.JPG").read_bytes()
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_scrubbed_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clinvault_scrub.batch import run_scrub
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "wound.jpg").write_bytes(corpus.leaky_jpeg())
+    out = photos / "clean"
+    for _ in range(2):  # the second run finds the first run's output inside the input folder
+        assert run_scrub([str(photos), "--out", str(out), "--json"]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["input"] for line in lines] == [str(photos / "wound.jpg")]
+    assert sorted(p.name for p in out.rglob("*")) == ["wound.jpg"]

@@ -100,21 +100,27 @@ def _workers(jobs: int, min_per_worker: int) -> int:
     return max(1, min(cores, jobs // max(1, min_per_worker)))
 
 
-def walk(root: str) -> Iterator[str]:
-    """Every file under `root`, folder by folder, in name order (`scrub` and `scan` alike)."""
+def walk(root: str, *, skip: str | None = None) -> Iterator[str]:
+    """Every file under `root`, folder by folder, in name order (`scrub` and `scan` alike);
+    not inside the folder `skip` (an output folder inside the input folder)."""
+    skipped = os.path.realpath(skip) if skip else None
     for dirpath, dirnames, files in os.walk(root):
         dirnames.sort()
+        if skipped:
+            dirnames[:] = [
+                d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) != skipped
+            ]
         for name in sorted(files):
             yield os.path.join(dirpath, name)
 
 
-def _expand(inputs: list[str]) -> list[tuple[str, str]]:
+def _expand(inputs: list[str], out_dir: str) -> list[tuple[str, str]]:
     """(file, name of its output relative to the output folder) for each input: a file is
     named after itself, a folder stands for every file in it, named by its path inside."""
     found: list[tuple[str, str]] = []
     for given in inputs:
         if os.path.isdir(given):
-            found += [(path, os.path.relpath(path, given)) for path in walk(given)]
+            found += [(p, os.path.relpath(p, given)) for p in walk(given, skip=out_dir)]
         else:
             found.append((given, os.path.basename(given)))
     return found
@@ -298,7 +304,7 @@ def run_scrub(argv: list[str]) -> int:
         os.makedirs(out, exist_ok=True)
     except OSError:
         parser.error("--out: cannot create the output directory")
-    found = _expand([str(p) for p in args.inputs])
+    found = _expand([str(p) for p in args.inputs], str(out))
     targets = _output_paths([name for _, name in found], str(out))
     try:
         for folder in {os.path.dirname(t) for t in targets}:  # a folder's subfolders
