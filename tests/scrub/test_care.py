@@ -156,6 +156,24 @@ def test_care_keeps_orientation(orientation: int) -> None:
     assert set(im.getexif()) == {0x0112}
 
 
+@pytest.mark.parametrize("profile", [Profile.CARE, Profile.DEIDENTIFY])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_rotated_tiff_is_shown_as_before_never_turned_twice(
+    orientation: int, profile: Profile
+) -> None:
+    """Pillow turns a TIFF page by its Orientation tag as it loads it: the output holds the
+    page as displayed, without the tag (which would turn it a second time)."""
+    buf = io.BytesIO()
+    corpus.photo(64, 40).save(buf, "TIFF", tiffinfo={274: orientation})
+    result = scrub(buf.getvalue(), profile, read_text=False)
+    assert result.output is not None, result.reason
+    shown_in = np.asarray(Image.open(buf).convert("RGB"))
+    out = Image.open(io.BytesIO(result.output))
+    assert 0x0112 not in out.getexif()
+    assert np.array_equal(shown_in, np.asarray(out.convert("RGB")))
+    assert ("orientation (applied to pixels)" in result.removed) == (orientation != 1)
+
+
 @pytest.mark.parametrize(
     ("head", "fmt", "name"),
     [

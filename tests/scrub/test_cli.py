@@ -291,13 +291,14 @@ def test_a_closed_pipe_ends_the_executable_quietly(inputs: dict[str, Path], tmp_
 def test_output_names_follow_the_output_format(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A deidentified TIFF is a PNG and is named so; a PNG that came named .jpg leaves as .png;
-    scan.tif and scan.png, both PNGs after deidentify, do not overwrite each other."""
+    """A deidentified one-page TIFF is a PNG and is named so; a PNG that came named .jpg
+    leaves as .png; scan.tif and scan.png, both PNGs after deidentify, do not overwrite each
+    other."""
     from clinvault_scrub.batch import run_scrub
 
     d = tmp_path / "in"
     d.mkdir()
-    (d / "scan.tif").write_bytes(corpus.leaky_tiff())
+    (d / "scan.tif").write_bytes(corpus.leaky_tiff(pages=1))  # one page: a PNG
     (d / "scan.png").write_bytes(corpus.leaky_png())
     (d / "photo.jpg").write_bytes(corpus.leaky_png())  # the content decides, not the name
     (d / "IMG_1.JPG").write_bytes(corpus.leaky_jpeg())

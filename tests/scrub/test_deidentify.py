@@ -241,3 +241,50 @@ def test_every_format_deidentifies_without_a_canary(kind: str) -> None:
         assert kept, "the colour profile was dropped"
         assert b"CANARY" not in kept
         assert kept[24:36] == bytes(12)  # no timestamp, not even the profile's creation date
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_every_page_of_a_tiff_is_deidentified(orientation: int, astronaut: Image.Image) -> None:
+    """A multi-page TIFF (a series, a scanned referral) stays one: each page is searched and
+    redacted on its own, its findings say which page, caller regions apply to every page."""
+    pages = [corpus.photo(320, 240), astronaut.crop((0, 0, 512, 400)), corpus.photo(200, 100)]
+    buf = io.BytesIO()
+    pages[0].save(
+        buf,
+        "TIFF",
+        save_all=True,
+        append_images=pages[1:],
+        tiffinfo={274: orientation, 270: corpus.canary("description")},
+    )
+    result = scrub(
+        buf.getvalue(),
+        Profile.DEIDENTIFY,
+        redactions=[Region(0, 0, 20, 10, "wristband")],
+        read_text=False,
+    )
+    assert result.ok, result.reason
+    assert result.output_format == "tiff"
+    assert "extra frames/pages" not in result.removed
+    out = Image.open(io.BytesIO(result.output or b""))
+    assert out.n_frames == 3
+    faces = [f for f in result.findings if f.kind == "face"]
+    assert faces
+    assert {f.page for f in faces} == {1}  # only the astronaut's page has a face
+    assert sorted(f.page for f in result.findings if f.kind == "region") == [0, 1, 2]
+    # One "text detection disabled" finding for the file, not one a page.
+    assert len([f for f in result.findings if f.kind == "detector_unavailable"]) == 1
+    for index, page in enumerate(pages):
+        out.seek(index)
+        shown = np.asarray(out.convert("RGB")).astype(int)
+        w, h = page.size
+        assert out.size == ((h, w) if orientation == 6 else (w, h))  # turned as displayed
+        assert out.tag_v2.get(274, 1) == 1
+        assert (shown[:10, :20] == 0).all()  # the caller's region, on every page
+        black = int((shown.sum(axis=2) == 0).sum())
+        if index == 1:
+            x1, y1, x2, y2 = next(f.box for f in faces if f.page == 1)
+            assert (shown[y1:y2, x1:x2] == 0).all()
+            assert black >= (x2 - x1) * (y2 - y1)
+        else:
+            assert black <= 20 * 10 + 50  # nothing but the caller's region
+    assert b"CANARY" not in (result.output or b"")

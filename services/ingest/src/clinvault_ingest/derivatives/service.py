@@ -26,7 +26,12 @@ from clinvault_shared.errors import ClinvaultError, Conflict, Forbidden, Gone, N
 from clinvault_shared.runtime import Runtime
 
 # Derivatives are re-encoded by the deidentify profile; the engine says which format it chose.
-OUTPUT_MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+OUTPUT_MEDIA_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "tiff": "image/tiff",  # a multi-page TIFF stays one, every page de-identified
+}
 
 
 def to_status(derivative: Derivative) -> DerivativeStatus:

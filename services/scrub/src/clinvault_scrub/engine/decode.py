@@ -8,6 +8,7 @@ to the parent's detectors, gets back the rectangles to fill, and fills and encod
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from collections.abc import Callable
@@ -95,6 +96,7 @@ class DetectionView:
     text_width: int
     text_height: int
     text_pixels: bytes
+    page: int = 0  # of a multi-page TIFF, from 0
 
 
 @dataclass
@@ -129,6 +131,28 @@ def _heif_opener() -> None:
     pillow_heif.register_heif_opener()
 
 
+def load_oriented(im: Any) -> tuple[int, int]:
+    """Load the current image (or page): (its Orientation tag, the orientation still to apply
+    to its pixels as loaded to show them as displayed); 1 means none.
+
+    Pillow turns a TIFF page itself as it loads it (ImageOps.exif_transpose in load_end, since
+    Pillow 11) and drops the tag from `tag_v2`; pillow-heif applies the HEIF transforms; the
+    other formats load as stored, their EXIF Orientation still to apply. Applying a TIFF's tag
+    again would turn it twice.
+    """
+    if im.format == "HEIF":
+        im.load()
+        return 1, 1
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    tag = int((tags.get(274, 1) if tags is not None else im.getexif().get(0x0112, 1)) or 1)
+    if not 1 <= tag <= 8:
+        tag = 1  # an out-of-range tag means no transform, as viewers treat it
+    im.load()
+    if tags is not None and 274 not in im.tag_v2:  # Pillow applied it
+        return tag, 1
+    return tag, tag
+
+
 def _fresh(im: Any) -> Any:
     """A copy holding pixels only: no info, no tag directories, nothing Pillow could write back."""
     from PIL import Image
@@ -154,13 +178,10 @@ def recode_tiff(data: bytes, limits: Limits) -> Recoded:
     from PIL import Image
 
     result = Recoded(b"")
-    try:
-        info = exif_mod.read_exif(data)
-        result.captured_at = info.captured_at
-        orientation = info.orientation
-    except (ValueError, struct.error):
-        orientation = None
+    with contextlib.suppress(ValueError, struct.error):  # no date to report, then
+        result.captured_at = exif_mod.read_exif(data).captured_at
     im = Image.open(io.BytesIO(data))
+    turned = False
     pages = []
     icc: bytes | None = None
     for index in range(10_000):
@@ -180,14 +201,17 @@ def recode_tiff(data: bytes, limits: Limits) -> Recoded:
             if changed:
                 result.removed.append("icc.free_text")
             result.width, result.height = im.size
-        im.load()
-        pages.append(_fresh(im))
+        # Each page as displayed, without an Orientation tag (Pillow turns TIFF pages as it
+        # loads them): the same picture in every viewer, lossless all the same.
+        tag, orientation = load_oriented(im)
+        turned = turned or tag != 1
+        pages.append(_fresh(_transpose(im, orientation)))
     if not pages:
         raise Rejected("TIFF without an image")
+    if turned:
+        result.removed.append("orientation (applied to pixels)")
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {"compression": "tiff_lzw"}
-    if orientation:
-        kwargs["tiffinfo"] = {274: orientation}
     if icc:
         kwargs["icc_profile"] = icc
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:], **kwargs)
@@ -262,8 +286,10 @@ def render_redacted(
     text_side: int,
     ask: Callable[[DetectionView], list[Box]],
 ) -> Rendered:
-    """Decode the first image/page/frame, ask which displayed rectangles to fill, encode.
+    """Decode, ask which displayed rectangles to fill, fill, encode.
 
+    Every page of a multi-page TIFF (a series, a scanned document) is de-identified, one page
+    at a time, into a multi-page TIFF; of any other format the first image/frame is.
     The image is decoded once and filled in place; the only other pixel buffers are the
     reduced copies, so a 48 MP photo costs one decoded image plus its encoded output.
     """
@@ -271,20 +297,90 @@ def render_redacted(
 
     _heif_opener()
     im = Image.open(io.BytesIO(data))
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if input_format == "tiff" and frames > 1:
+        return _render_pages(im, frames, limits, det_side, text_side, ask)
+    full, icc, tag, orientation = _redacted(im, limits, det_side, text_side, ask, 0)
+    del im
+    keep_alpha = full.mode == "RGBA"
+    buf = io.BytesIO()
+    lossless = input_format in _LOSSLESS_INPUTS or keep_alpha
+    if lossless:
+        # PNG has no Orientation tag our scrub keeps: the pixels are turned instead.
+        _transpose(full, orientation).save(buf, "PNG", compress_level=6)
+        output = png.with_icc(buf.getvalue(), icc) if icc else buf.getvalue()
+    else:
+        kwargs: dict[str, Any] = {"icc_profile": icc} if icc else {}
+        if orientation != 1:
+            kwargs["exif"] = b"Exif\x00\x00" + exif_mod.minimal_exif(orientation)
+        full.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False, **kwargs)
+        output = buf.getvalue()
+    return Rendered(
+        output=output,
+        output_format="png" if lossless else "jpeg",
+        orientation_applied=lossless and tag != 1,
+        pages_dropped=frames - 1,
+    )
+
+
+def _render_pages(
+    im: Any,
+    frames: int,
+    limits: Limits,
+    det_side: int,
+    text_side: int,
+    ask: Callable[[DetectionView], list[Box]],
+) -> Rendered:
+    """Each page of a TIFF de-identified in turn and appended to a new LZW TIFF, with its
+    orientation applied to its pixels and only its cleaned colour profile kept. One page's
+    pixels are held at a time."""
+    from PIL import TiffImagePlugin
+
+    if frames > limits.max_pages:
+        raise Rejected("TIFF exceeds the page limit")
+    buf = io.BytesIO()
+    turned = False
+    with TiffImagePlugin.AppendingTiffWriter(buf) as pages:
+        for index in range(frames):
+            im.seek(index)
+            full, icc, tag, orientation = _redacted(im, limits, det_side, text_side, ask, index)
+            turned = turned or tag != 1
+            kwargs: dict[str, Any] = {"compression": "tiff_lzw"}
+            if icc:
+                kwargs["icc_profile"] = icc
+            page = _transpose(full, orientation)
+            if page is full:
+                # Pillow's TIFF encoder writes back a TIFF image's XMP, IPTC and Photoshop
+                # tags: it gets a copy holding pixels only.
+                page = _fresh(full)
+            del full
+            page.save(pages, "TIFF", **kwargs)
+            del page
+            pages.newFrame()
+    return Rendered(
+        output=buf.getvalue(), output_format="tiff", orientation_applied=turned, pages_dropped=0
+    )
+
+
+def _redacted(
+    im: Any,
+    limits: Limits,
+    det_side: int,
+    text_side: int,
+    ask: Callable[[DetectionView], list[Box]],
+    page: int,
+) -> tuple[Any, bytes | None, int, int]:
+    """The current image/page decoded, its fills asked for and applied: (filled pixels as
+    loaded, cleaned ICC without its date, its Orientation tag, the orientation still to apply
+    to the pixels as loaded; see load_oriented)."""
     if im.size[0] * im.size[1] > limits.max_pixels:
         raise Rejected("image exceeds the pixel limit")
-    frames = int(getattr(im, "n_frames", 1) or 1)
     icc, _ = _clean_icc_or_none(im.info.get("icc_profile"))
     icc = icc and without_date(icc)
-    # pillow-heif applies the HEIF transforms itself; EXIF orientation must not be applied twice.
-    orientation = 1 if im.format == "HEIF" else int(im.getexif().get(0x0112, 1) or 1)
-    if not 1 <= orientation <= 8:
-        orientation = 1  # an out-of-range tag means no transform, as viewers treat it
     keep_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     target = "RGBA" if keep_alpha else "RGB"
-    im.load()
+    tag, orientation = load_oriented(im)
     full = im if im.mode == target else im.convert(target)
-    del im
     # Nothing of the input's metadata may reach an encoder: Pillow's PNG encoder writes
     # info["icc_profile"] (the profile before cleaning) when it is not given one.
     full.info = {}
@@ -304,31 +400,14 @@ def render_redacted(
             text_width=text.size[0] if text else 0,
             text_height=text.size[1] if text else 0,
             text_pixels=text.tobytes() if text else b"",
+            page=page,
         )
     )
     del det, text
     black = (0, 0, 0, 255) if keep_alpha else (0, 0, 0)
     for box in boxes:
         full.paste(black, stored_box(box, full.size, orientation))
-
-    buf = io.BytesIO()
-    lossless = input_format in _LOSSLESS_INPUTS or keep_alpha
-    if lossless:
-        # PNG has no Orientation tag our scrub keeps: the pixels are turned instead.
-        _transpose(full, orientation).save(buf, "PNG", compress_level=6)
-        output = png.with_icc(buf.getvalue(), icc) if icc else buf.getvalue()
-    else:
-        kwargs: dict[str, Any] = {"icc_profile": icc} if icc else {}
-        if orientation != 1:
-            kwargs["exif"] = b"Exif\x00\x00" + exif_mod.minimal_exif(orientation)
-        full.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False, **kwargs)
-        output = buf.getvalue()
-    return Rendered(
-        output=output,
-        output_format="png" if lossless else "jpeg",
-        orientation_applied=lossless and orientation != 1,
-        pages_dropped=frames - 1,
-    )
+    return full, icc, tag, orientation
 
 
 def _oriented_copy(full: Any, factor: int, orientation: int) -> Any:

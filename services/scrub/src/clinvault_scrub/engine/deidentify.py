@@ -98,7 +98,21 @@ def run(
     result = Deidentified(b"", "")
 
     def plan(view: DetectionView) -> list[Box]:
-        return _plan(view, result, redactions, keep, hints, detect_faces, read_text)
+        """One image's (or page's) fills. Caller and keep regions apply to every page of a
+        multi-page TIFF; a detector that is missing is reported once, not once a page."""
+        before = len(result.findings)
+        fills = _plan(view, result, redactions, keep, hints, detect_faces, read_text)
+        found = result.findings[before:]
+        del result.findings[before:]
+        seen = {(f.kind, f.label, f.note) for f in result.findings}
+        for finding in found:
+            if finding.kind == "detector_unavailable" and (
+                (finding.kind, finding.label, finding.note) in seen
+            ):
+                continue
+            finding.page = view.page
+            result.findings.append(finding)
+        return fills
 
     rendered: Rendered = run_limited(
         render_redacted,

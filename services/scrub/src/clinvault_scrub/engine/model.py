@@ -101,7 +101,7 @@ class Record:
 class Finding(Record):
     """Something a detector found (or a check that could not run)."""
 
-    __slots__ = ("box", "kind", "label", "note", "redacted", "score")
+    __slots__ = ("box", "kind", "label", "note", "page", "redacted", "score")
 
     def __init__(
         self,
@@ -111,9 +111,10 @@ class Finding(Record):
         label: str = "",
         redacted: bool = False,
         note: str = "",
+        page: int = 0,  # of a multi-page TIFF, from 0; `box` is in that page's pixels
     ) -> None:
         self.kind, self.box, self.score = kind, box, score
-        self.label, self.redacted, self.note = label, redacted, note
+        self.label, self.redacted, self.note, self.page = label, redacted, note, page
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +124,7 @@ class Finding(Record):
             "label": self.label,
             "redacted": self.redacted,
             "note": self.note,
+            "page": self.page,
         }
 
 

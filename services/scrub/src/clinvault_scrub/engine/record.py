@@ -20,7 +20,10 @@ POLICY: dict[str, Any] = {
         ),
         "webp": "VP8 VP8L VP8X ANIM ANMF ALPH ICCP(cleaned)",
         "gif": "image data, graphic control, loop extension",
-        "tiff": "every page re-encoded LZW; structure tags, Orientation, cleaned ICC",
+        "tiff": (
+            "every page re-encoded LZW as displayed (Orientation applied); structure tags,"
+            " cleaned ICC"
+        ),
         "heif": "primary image re-encoded quality 92; cleaned ICC",
         "trailing_data": "dropped",
     },
@@ -36,7 +39,10 @@ POLICY: dict[str, Any] = {
         "barcodes": "zxing-cpp, all formats",
         "keep_regions": "never covered by automatic redactions; conflicts need review",
         "timestamps": "removed",
-        "output": "re-encoded JPEG q90 (PNG for lossless sources)",
+        "output": (
+            "re-encoded JPEG q90 (PNG for lossless sources; multi-page TIFF, every page"
+            " de-identified, for a multi-page TIFF)"
+        ),
     },
 }
 
