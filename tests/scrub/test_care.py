@@ -156,6 +156,27 @@ def test_care_keeps_orientation(orientation: int) -> None:
     assert set(im.getexif()) == {0x0112}
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_webp_keeps_orientation_alone(orientation: int, exiftool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """As for JPEG: a rotated WebP keeps its Orientation in a minimal EXIF, nothing else of it
+    (GPS, serials, dates, the thumbnail), so it is not shown sideways after a care scrub."""
+    buf = io.BytesIO()
+    corpus.photo(64, 40).save(buf, "WEBP", lossless=True, exif=corpus.full_exif(orientation))
+    result = scrub(buf.getvalue())
+    assert result.output is not None, result.reason
+    assert "exif.gps" in result.removed
+    assert result.captured_at is not None
+    exif = Image.open(io.BytesIO(result.output)).getexif()
+    assert dict(exif) == ({} if orientation == 1 else {0x0112: orientation})
+    path = tmp_path / "out.webp"
+    path.write_bytes(result.output)
+    tags = exiftool(path)
+    assert [k for k in tags if k.startswith(("IFD0:", "ExifIFD:", "GPS:", "IFD1:"))] == (
+        [] if orientation == 1 else ["IFD0:Orientation"]
+    )
+    assert scrub(result.output).removed == []  # a clean output scrubs to itself
+
+
 @pytest.mark.parametrize("profile", [Profile.CARE, Profile.DEIDENTIFY])
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_rotated_tiff_is_shown_as_before_never_turned_twice(

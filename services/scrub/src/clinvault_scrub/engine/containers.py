@@ -41,6 +41,7 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
     chunks: list[tuple[bytes, bytes]] = []
     pos = 12
     vp8x: bytearray | None = None
+    orientation: int | None = None
     count = 0
     while pos < riff_end:
         count += 1
@@ -83,15 +84,22 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
             except ValueError:
                 _note(result.removed, "icc.unreadable")
         elif fourcc == b"EXIF":
-            _note(result.removed, "exif")
             blob = body[6:] if body.startswith(b"Exif\x00\x00") else body
             try:
                 got = exif_mod.read_exif(blob)
-                result.captured_at = got.captured_at
-                for cat in sorted(got.categories):
-                    _note(result.removed, cat)
             except (ValueError, struct.error):
+                _note(result.removed, "exif")
                 _note(result.removed, "exif.unreadable")
+            else:
+                result.captured_at = got.captured_at
+                # Orientation stays, alone in a minimal EXIF (as for JPEG); one already in
+                # that form is what a care scrub writes and is not reported.
+                if got.orientation not in (None, 1):
+                    orientation = got.orientation
+                if body != exif_mod.minimal_exif(got.orientation or 1):
+                    _note(result.removed, "exif")
+                    for cat in sorted(got.categories):
+                        _note(result.removed, cat)
         elif fourcc == b"XMP ":
             _note(result.removed, "xmp")
         else:
@@ -106,12 +114,16 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
     if result.width == 0:
         raise Rejected("WebP without image data")
     has_icc = any(c == b"ICCP" for c, _ in chunks)
+    if orientation is not None and vp8x is not None:  # EXIF lives only in the extended format
+        chunks.append((b"EXIF", exif_mod.minimal_exif(orientation)))  # after the image data
     parts = []
     for fourcc, body in chunks:
         if fourcc == b"VP8X" and vp8x is not None:
             vp8x[0] &= ~(0x08 | 0x04) & 0xFF
             if not has_icc:
                 vp8x[0] &= ~0x20 & 0xFF
+            if orientation is not None:
+                vp8x[0] |= 0x08
             body = bytes(vp8x)
         parts.append(
             fourcc + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")

@@ -18,7 +18,7 @@ POLICY: dict[str, Any] = {
             "chunk whitelist IHDR PLTE IDAT IEND tRNS gAMA cHRM sRGB iCCP(cleaned) sBIT pHYs"
             " acTL fcTL fdAT"
         ),
-        "webp": "VP8 VP8L VP8X ANIM ANMF ALPH ICCP(cleaned)",
+        "webp": "VP8 VP8L VP8X ANIM ANMF ALPH ICCP(cleaned) EXIF(Orientation only)",
         "gif": "image data, graphic control, loop extension",
         "tiff": (
             "every page re-encoded LZW as displayed (Orientation applied); structure tags,"
