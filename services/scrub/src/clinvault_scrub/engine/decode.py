@@ -135,10 +135,11 @@ def load_oriented(im: Any) -> tuple[int, int]:
     """Load the current image (or page): (its Orientation tag, the orientation still to apply
     to its pixels as loaded to show them as displayed); 1 means none.
 
-    Pillow turns a TIFF page itself as it loads it (ImageOps.exif_transpose in load_end, since
-    Pillow 11) and drops the tag from `tag_v2`; pillow-heif applies the HEIF transforms; the
+    Pillow (13, as locked) turns a TIFF page itself as it loads it (ImageOps.exif_transpose in
+    load_end) and drops the tag from `tag_v2`; pillow-heif applies the HEIF transforms; the
     other formats load as stored, their EXIF Orientation still to apply. Applying a TIFF's tag
-    again would turn it twice.
+    again would turn it twice. A Pillow that leaves TIFF pages as stored keeps the tag, and
+    the caller turns the pixels itself.
     """
     if im.format == "HEIF":
         im.load()
