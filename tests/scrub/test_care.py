@@ -210,6 +210,10 @@ def test_a_rotated_tiff_is_shown_as_before_never_turned_twice(
         (b"\x00\x00\x00\x14ftypqt  ", None, "QuickTime video"),
         (b"II*\x00\x10\x00\x00\x00CR\x02\x00", None, "Canon CR2 RAW"),
         (b"", None, "empty file"),
+        (b"patient called back, wound healing\n", None, "text file"),
+        ("Überweisung Dr. Müller\n".encode(), None, "text file"),
+        (b"bplist00\xd1\x01\x02", None, "property list"),
+        (b"\x00\x00\x00\x01Bud1\x00\x00", None, "unknown type"),
     ],
 )
 def test_sniff_and_describe(head: bytes, fmt: str | None, name: str) -> None:

@@ -120,4 +120,20 @@ def describe_format(head: bytes) -> str:
         return "JPEG 2000"
     if head.startswith((b"ID3", b"\xff\xfb")):
         return "MP3 audio"
+    if head.startswith(b"bplist"):
+        return "property list"
+    if _is_text(head):
+        return "text file"
     return "unknown type"
+
+
+def _is_text(head: bytes) -> bool:
+    """Printable UTF-8 (a note, a CSV, a log) rather than binary data."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # possibly a character cut at the end of the head
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return bool(text) and all(c.isprintable() or c in "\t\r\n\f" for c in text)
