@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 import os
 import resource
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import pytest
 import scrub_corpus as corpus
@@ -150,6 +154,42 @@ def test_bad_input_is_rejected_with_a_reason(case: str, profile: Profile) -> Non
         assert "Traceback" not in result.reason
         if case in EXPECTED_REASON:
             assert EXPECTED_REASON[case] in result.reason
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("profile", ["care", "deidentify"])
+def test_the_cli_takes_the_whole_corpus_at_once(profile: str, tmp_path: Path) -> None:
+    """The same files as one batch through `clinvault scrub` (worker threads or processes):
+    one line each, a reason for each rejection, no traceback, status 1 (some rejected)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for case, data in CASES.items():
+        (folder / case).write_bytes(data)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "clinvault"),
+            "scrub",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--profile",
+            profile,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == ""
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(os.path.basename(line["input"]) for line in lines) == sorted(CASES)
+    for line in lines:
+        assert line["status"] == "scrubbed" or line["reason"], line["input"]
+        assert not line["reason"].startswith("internal error"), line["reason"]
+    scrubbed = {os.path.basename(line["input"]) for line in lines if line["status"] == "scrubbed"}
+    assert scrubbed == {"exif-offsets-out-of-bounds"}
 
 
 @pytest.mark.timeout(60)
