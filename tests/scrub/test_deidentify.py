@@ -288,3 +288,51 @@ def test_every_page_of_a_tiff_is_deidentified(orientation: int, astronaut: Image
         else:
             assert black <= 20 * 10 + 50  # nothing but the caller's region
     assert b"CANARY" not in (result.output or b"")
+
+
+def test_every_frame_of_an_animated_gif_is_deidentified(astronaut: Image.Image) -> None:
+    """An animation (a gait recording, say) stays one: each frame searched and redacted on its
+    own, frame times and looping kept, pixels elsewhere unchanged."""
+    plain = Image.new("RGB", (256, 200), (40, 120, 200))
+    face = astronaut.resize((256, 256)).crop((0, 0, 256, 200))
+    frames = [plain, face, plain]
+    buf = io.BytesIO()
+    frames[0].save(
+        buf, "GIF", save_all=True, append_images=frames[1:], duration=[80, 120, 160], loop=0
+    )
+    result = scrub(buf.getvalue(), Profile.DEIDENTIFY, read_text=False)
+    assert result.ok, result.reason
+    assert result.output_format == "gif"
+    assert "extra frames/pages" not in result.removed
+    faces = [f for f in result.findings if f.kind == "face"]
+    assert faces
+    assert {f.page for f in faces} == {1}
+    out = Image.open(io.BytesIO(result.output or b""))
+    assert out.n_frames == 3
+    assert out.info.get("loop") == 0
+    source = Image.open(buf)
+    for index in range(3):
+        out.seek(index)
+        source.seek(index)
+        assert out.info.get("duration") == [80, 120, 160][index]
+        shown = np.asarray(out.convert("RGB")).astype(int)
+        before = np.asarray(source.convert("RGB")).astype(int)
+        if index == 1:
+            x1, y1, x2, y2 = faces[0].box
+            assert (shown[y1:y2, x1:x2] == 0).all()
+        else:
+            assert np.array_equal(shown, before)
+
+
+def test_an_animation_too_long_to_search_frame_by_frame_is_refused() -> None:
+    from clinvault_scrub.engine.decode import MAX_ANIMATION_FRAMES
+
+    frames = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(MAX_ANIMATION_FRAMES + 1)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    result = scrub(buf.getvalue(), Profile.DEIDENTIFY, read_text=False)
+    assert not result.ok
+    assert result.reason == (
+        f"animation too long to de-identify frame by frame ({MAX_ANIMATION_FRAMES + 1} "
+        f"frames, at most {MAX_ANIMATION_FRAMES})"
+    )

@@ -301,6 +301,8 @@ def render_redacted(
     frames = int(getattr(im, "n_frames", 1) or 1)
     if input_format == "tiff" and frames > 1:
         return _render_pages(im, frames, limits, det_side, text_side, ask)
+    if input_format == "gif" and frames > 1:
+        return _render_animation(im, frames, limits, det_side, text_side, ask)
     full, icc, tag, orientation = _redacted(im, limits, det_side, text_side, ask, 0)
     del im
     keep_alpha = full.mode == "RGBA"
@@ -360,6 +362,46 @@ def _render_pages(
             pages.newFrame()
     return Rendered(
         output=buf.getvalue(), output_format="tiff", orientation_applied=turned, pages_dropped=0
+    )
+
+
+# Each frame of an animation is searched like a photo (faces, barcodes, text: 0.1-0.3 s for a
+# small frame, seconds for a large one), so a long one is refused rather than holding a worker
+# for many minutes.
+MAX_ANIMATION_FRAMES = 100
+
+
+def _render_animation(
+    im: Any,
+    frames: int,
+    limits: Limits,
+    det_side: int,
+    text_side: int,
+    ask: Callable[[DetectionView], list[Box]],
+) -> Rendered:
+    """Every frame of an animated GIF de-identified, saved again as an animated GIF with the
+    same frame times and looping (each frame is composited by Pillow, so a redaction covers
+    what a viewer would see)."""
+    if frames > min(limits.max_frames, MAX_ANIMATION_FRAMES):
+        raise Rejected(
+            f"animation too long to de-identify frame by frame ({frames} frames, at most "
+            f"{min(limits.max_frames, MAX_ANIMATION_FRAMES)})"
+        )
+    loop = im.info.get("loop")
+    redacted, durations = [], []
+    for index in range(frames):
+        im.seek(index)
+        durations.append(int(im.info.get("duration") or 0))
+        full, _, _, _ = _redacted(im, limits, det_side, text_side, ask, index)
+        redacted.append(_fresh(full))  # the next seek() reuses the decoder's image
+        del full
+    buf = io.BytesIO()
+    kwargs: dict[str, Any] = {"duration": durations}
+    if loop is not None:
+        kwargs["loop"] = loop
+    redacted[0].save(buf, "GIF", save_all=True, append_images=redacted[1:], **kwargs)
+    return Rendered(
+        output=buf.getvalue(), output_format="gif", orientation_applied=False, pages_dropped=0
     )
 
 

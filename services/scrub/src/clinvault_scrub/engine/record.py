@@ -40,8 +40,8 @@ POLICY: dict[str, Any] = {
         "keep_regions": "never covered by automatic redactions; conflicts need review",
         "timestamps": "removed",
         "output": (
-            "re-encoded JPEG q90 (PNG for lossless sources; multi-page TIFF, every page"
-            " de-identified, for a multi-page TIFF)"
+            "re-encoded JPEG q90 (PNG for lossless sources; a multi-page TIFF or an animated"
+            " GIF stays one, every page or frame de-identified, up to 100 frames)"
         ),
     },
 }
