@@ -1,4 +1,5 @@
-"""Fixtures for the scrub engine tests: exiftool as the independent checker, the sample photos."""
+"""Fixtures for the scrub engine tests: exiftool as the independent checker, the sample photos,
+the `clinvault` executable as a user runs it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +40,19 @@ def exiftool():  # type: ignore[no-untyped-def]
         return json.loads(out.stdout)[0]  # type: ignore[no-any-return]
 
     return run
+
+
+CLINVAULT = str(Path(sys.executable).parent / "clinvault")
+
+
+def scrub_cli(*args: str, timeout: float = 120) -> tuple[int, list[dict[str, Any]], str]:
+    """`clinvault scrub ARGS --json` in a process of its own: (exit status, its JSON lines,
+    what it wrote to stderr)."""
+    proc = subprocess.run(
+        [CLINVAULT, "scrub", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from clinvault_scrub import scrub
 from clinvault_scrub.cli import register
+from conftest import CLINVAULT, scrub_cli
 
 runner = CliRunner()
 
@@ -239,22 +240,8 @@ def test_inputs_with_the_same_name_get_their_own_outputs(tmp_path: Path) -> None
         inputs.append(str(d / "IMG_0001.jpg"))
     inputs.append(inputs[0])  # the same file twice: two outputs too
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "clinvault"),
-            "scrub",
-            *inputs,
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    status, lines, stderr = scrub_cli(*inputs, "--out", str(out))
+    assert status == 0, stderr
     assert [line["input"] for line in lines] == inputs
     outputs = [line["output"] for line in lines]
     names = ("IMG_0001.jpg", "IMG_0001-2.jpg", "IMG_0001-3.jpg")
@@ -269,12 +256,11 @@ def test_inputs_with_the_same_name_get_their_own_outputs(tmp_path: Path) -> None
 
 def test_a_closed_pipe_ends_the_executable_quietly(inputs: dict[str, Path], tmp_path: Path) -> None:
     """`clinvault scrub ... | head`: the reader leaves early; no traceback, exit status 1."""
-    exe = Path(sys.executable).parent / "clinvault"
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody will read: the first line written meets a closed pipe
     try:
         proc = subprocess.run(
-            [str(exe), "scrub", str(inputs["photo.jpg"]), "--out", str(tmp_path / "o"), "--json"],
+            [CLINVAULT, "scrub", str(inputs["photo.jpg"]), "--out", str(tmp_path / "o"), "--json"],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -333,7 +319,7 @@ def test_ctrl_c_stops_a_batch_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "out"
     inputs = sorted(str(p) for p in d.iterdir())
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "clinvault"), "scrub", *inputs, "--out", str(out)],
+        [CLINVAULT, "scrub", *inputs, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import io
-import json
 import os
 import resource
 import struct
-import subprocess
-import sys
 import time
 import tracemalloc
 import zlib
@@ -23,6 +20,7 @@ from clinvault_scrub.engine import jpeg
 from clinvault_scrub.engine.icc import MAX_ICC_BYTES, clean_icc
 from clinvault_scrub.engine.model import Rejected
 from clinvault_scrub.engine.sandbox import run_limited
+from conftest import scrub_cli
 
 TIGHT = Limits(
     max_pixels=50_000_000,
@@ -165,25 +163,11 @@ def test_the_cli_takes_the_whole_corpus_at_once(profile: str, tmp_path: Path) ->
     folder.mkdir()
     for case, data in CASES.items():
         (folder / case).write_bytes(data)
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "clinvault"),
-            "scrub",
-            str(folder),
-            "--out",
-            str(tmp_path / "out"),
-            "--profile",
-            profile,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
+    status, lines, stderr = scrub_cli(
+        str(folder), "--out", str(tmp_path / "out"), "--profile", profile, timeout=100
     )
-    assert proc.returncode == 1
-    assert proc.stderr == ""
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert status == 1
+    assert stderr == ""
     assert sorted(os.path.basename(line["input"]) for line in lines) == sorted(CASES)
     for line in lines:
         assert line["status"] == "scrubbed" or line["reason"], line["input"]
