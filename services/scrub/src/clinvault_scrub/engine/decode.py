@@ -279,6 +279,17 @@ JPEG_QUALITY = 90
 _LOSSLESS_INPUTS = ("png", "gif", "tiff")
 
 
+@dataclass(frozen=True)
+class _Search:
+    """What each image, page or frame of one render needs: the limits, the sizes of the
+    detection copies, and the question to the parent (which rectangles to fill)."""
+
+    limits: Limits
+    det_side: int
+    text_side: int
+    ask: Callable[[DetectionView], list[Box]]
+
+
 def render_redacted(
     data: bytes,
     input_format: str,
@@ -297,13 +308,14 @@ def render_redacted(
     from PIL import Image
 
     _heif_opener()
+    search = _Search(limits, det_side, text_side, ask)
     im = Image.open(io.BytesIO(data))
     frames = int(getattr(im, "n_frames", 1) or 1)
     if input_format == "tiff" and frames > 1:
-        return _render_pages(im, frames, limits, det_side, text_side, ask)
+        return _render_pages(im, frames, search)
     if input_format == "gif" and frames > 1:
-        return _render_animation(im, frames, limits, det_side, text_side, ask)
-    full, icc, tag, orientation = _redacted(im, limits, det_side, text_side, ask, 0)
+        return _render_animation(im, frames, search)
+    full, icc, tag, orientation = _redacted(im, search, 0)
     del im
     keep_alpha = full.mode == "RGBA"
     buf = io.BytesIO()
@@ -326,27 +338,20 @@ def render_redacted(
     )
 
 
-def _render_pages(
-    im: Any,
-    frames: int,
-    limits: Limits,
-    det_side: int,
-    text_side: int,
-    ask: Callable[[DetectionView], list[Box]],
-) -> Rendered:
+def _render_pages(im: Any, frames: int, search: _Search) -> Rendered:
     """Each page of a TIFF de-identified in turn and appended to a new LZW TIFF, with its
     orientation applied to its pixels and only its cleaned colour profile kept. One page's
     pixels are held at a time."""
     from PIL import TiffImagePlugin
 
-    if frames > limits.max_pages:
+    if frames > search.limits.max_pages:
         raise Rejected("TIFF exceeds the page limit")
     buf = io.BytesIO()
     turned = False
     with TiffImagePlugin.AppendingTiffWriter(buf) as pages:
         for index in range(frames):
             im.seek(index)
-            full, icc, tag, orientation = _redacted(im, limits, det_side, text_side, ask, index)
+            full, icc, tag, orientation = _redacted(im, search, index)
             turned = turned or tag != 1
             kwargs: dict[str, Any] = {"compression": "tiff_lzw"}
             if icc:
@@ -371,28 +376,21 @@ def _render_pages(
 MAX_ANIMATION_FRAMES = 100
 
 
-def _render_animation(
-    im: Any,
-    frames: int,
-    limits: Limits,
-    det_side: int,
-    text_side: int,
-    ask: Callable[[DetectionView], list[Box]],
-) -> Rendered:
+def _render_animation(im: Any, frames: int, search: _Search) -> Rendered:
     """Every frame of an animated GIF de-identified, saved again as an animated GIF with the
     same frame times and looping (each frame is composited by Pillow, so a redaction covers
     what a viewer would see)."""
-    if frames > min(limits.max_frames, MAX_ANIMATION_FRAMES):
+    most = min(search.limits.max_frames, MAX_ANIMATION_FRAMES)
+    if frames > most:
         raise Rejected(
-            f"animation too long to de-identify frame by frame ({frames} frames, at most "
-            f"{min(limits.max_frames, MAX_ANIMATION_FRAMES)})"
+            f"animation too long to de-identify frame by frame ({frames} frames, at most {most})"
         )
     loop = im.info.get("loop")
     redacted, durations = [], []
     for index in range(frames):
         im.seek(index)
         durations.append(int(im.info.get("duration") or 0))
-        full, _, _, _ = _redacted(im, limits, det_side, text_side, ask, index)
+        full, _, _, _ = _redacted(im, search, index)
         redacted.append(_fresh(full))  # the next seek() reuses the decoder's image
         del full
     buf = io.BytesIO()
@@ -405,18 +403,11 @@ def _render_animation(
     )
 
 
-def _redacted(
-    im: Any,
-    limits: Limits,
-    det_side: int,
-    text_side: int,
-    ask: Callable[[DetectionView], list[Box]],
-    page: int,
-) -> tuple[Any, bytes | None, int, int]:
+def _redacted(im: Any, search: _Search, page: int) -> tuple[Any, bytes | None, int, int]:
     """The current image/page decoded, its fills asked for and applied: (filled pixels as
     loaded, cleaned ICC without its date, its Orientation tag, the orientation still to apply
     to the pixels as loaded; see load_oriented)."""
-    if im.size[0] * im.size[1] > limits.max_pixels:
+    if im.size[0] * im.size[1] > search.limits.max_pixels:
         raise Rejected("image exceeds the pixel limit")
     icc, _ = _clean_icc_or_none(im.info.get("icc_profile"))
     icc = icc and without_date(icc)
@@ -430,10 +421,11 @@ def _redacted(
 
     # Detection copies: box-filtered reductions of the decoded pixels (about 10 ms for 12 MP;
     # cheaper than a second, draft()-scaled decode), oriented as displayed.
+    det_side, text_side = search.det_side, search.text_side
     det = _oriented_copy(full, max(1, max(full.size) // max(1, det_side)), orientation)
     text = _oriented_copy(full, -(-max(full.size) // text_side), orientation) if text_side else None
     width, height = _oriented_size(full.size, orientation)
-    boxes = ask(
+    boxes = search.ask(
         DetectionView(
             width=width,
             height=height,
