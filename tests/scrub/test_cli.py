@@ -381,3 +381,30 @@ def test_an_output_folder_inside_the_input_folder_is_not_scrubbed_again(
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["input"] for line in lines] == [str(photos / "wound.jpg")]
     assert sorted(p.name for p in out.rglob("*")) == ["wound.jpg"]
+
+
+def test_scan_never_calls_an_image_it_could_not_search_clean(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    """A compliance report must not count as clean what the detectors never saw: an animation
+    too long to search frame by frame has clean metadata but is reported as not searched."""
+    from PIL import Image
+
+    from clinvault_scrub.engine.decode import MAX_ANIMATION_FRAMES
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    frames = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(MAX_ANIMATION_FRAMES + 1)]
+    frames[0].save(folder / "long.gif", save_all=True, append_images=frames[1:])
+    report_json, report_html = tmp_path / "r.json", tmp_path / "r.html"
+    result = runner.invoke(
+        app, ["scan", str(folder), "--json", str(report_json), "--html", str(report_html)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 not searched" in result.output
+    report = json.loads(report_json.read_text())
+    (entry,) = report["files"]
+    assert entry["status"] == "unchecked"
+    assert entry["review"][0].startswith("not searched for faces, text or barcodes: animation")
+    assert report["summary"]["unchecked"] == 1
+    assert "unchecked" in report_html.read_text()

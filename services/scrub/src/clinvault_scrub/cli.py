@@ -53,9 +53,10 @@ def _html(files: list[dict[str, Any]], totals: dict[str, int]) -> str:
     for f in files:
         risks = f.get("risks", {})
         cells = "".join(f"<td>{risks.get(c, 0) or ''}</td>" for c in CATEGORIES)
+        notes = "; ".join([f.get("reason") or "", *f.get("review", [])]).strip("; ")
         rows.append(
             f"<tr><td>{html.escape(f['path'])}</td><td>{html.escape(str(f.get('format', '')))}</td>"
-            f"<td>{html.escape(f['status'])}</td>{cells}</tr>"
+            f"<td>{html.escape(f['status'])}</td>{cells}<td>{html.escape(notes)}</td></tr>"
         )
     total_cells = "".join(f"<td>{totals[c]}</td>" for c in CATEGORIES)
     return (
@@ -63,7 +64,8 @@ def _html(files: list[dict[str, Any]], totals: dict[str, int]) -> str:
         "<style>td,th{border:1px solid #999;padding:2px 6px}table{border-collapse:collapse}</style>"
         "</head><body><h1>PHI-risk report</h1><p>Counts of what identifies patients; "
         "no image content is shown.</p><table><tr><th>file</th><th>type</th><th>status</th>"
-        f"{head}</tr>{''.join(rows)}<tr><th colspan='3'>files with risk</th>{total_cells}</tr>"
+        f"{head}<th>for review</th></tr>{''.join(rows)}"
+        f"<tr><th colspan='3'>files with risk</th>{total_cells}<td></td></tr>"
         "</table></body></html>"
     )
 
@@ -88,8 +90,9 @@ def scan_command(
     totals = {c: sum(1 for f in files if f.get("risks", {}).get(c)) for c in CATEGORIES}
     summary = {
         "files": len(files),
-        "images": sum(1 for f in files if f["status"] in ("clean", "at_risk")),
+        "images": sum(1 for f in files if f["status"] in ("clean", "at_risk", "unchecked")),
         "at_risk": sum(1 for f in files if f["status"] == "at_risk"),
+        "unchecked": sum(1 for f in files if f["status"] == "unchecked"),
         "not_images": sum(1 for f in files if f["status"] == "not_an_image"),
         "unreadable": sum(1 for f in files if f["status"] == "unreadable"),
         "totals": totals,
@@ -101,7 +104,8 @@ def scan_command(
         html_file.write_text(_html(files, totals))
     typer.echo(
         f"{summary['files']} files, {summary['images']} images, {summary['at_risk']} at risk, "
-        f"{summary['unreadable']} unreadable, {summary['not_images']} not images"
+        f"{summary['unchecked']} not searched, {summary['unreadable']} unreadable, "
+        f"{summary['not_images']} not images"
     )
     for cat in CATEGORIES:
         if totals[cat]:

@@ -51,7 +51,11 @@ _FROM_REMOVED = {
 def scan_bytes(
     data: bytes, *, detectors: bool = True, limits: Limits | None = None
 ) -> dict[str, Any]:
-    """Risks in one file: {"format", "status", "reason", "risks": {category: count}}."""
+    """Risks in one file: {"format", "status", "reason", "risks": {category: count}, "review"}.
+
+    Status: at_risk (something found), clean (searched, nothing found), unchecked (metadata
+    clean but the pixels could not be searched: see "review"), unreadable, not_an_image.
+    """
     limits = limits or Limits()
     fmt = sniff_format(data[:SNIFF_BYTES])
     risks = dict.fromkeys(CATEGORIES, 0)
@@ -72,8 +76,14 @@ def scan_bytes(
     if care.captured_at is not None:
         risks["timestamps"] = 1
     review: list[str] = []
+    searched = True
     if detectors:
         deid = scrub(data, Profile.DEIDENTIFY, limits=limits)
+        if not deid.ok:
+            # Not searched for faces, text or barcodes (an animation too long, pixels that do
+            # not decode): never reported as clean.
+            searched = False
+            review.append(f"not searched for faces, text or barcodes: {deid.reason}")
         for finding in deid.findings:
             if finding.kind == "face":
                 risks["faces"] += 1
@@ -81,10 +91,11 @@ def scan_bytes(
                 risks["text"] += 1
             elif finding.kind == "barcode":
                 risks["barcodes"] += 1
-        review = deid.review_reasons
+        review += deid.review_reasons
+    status = "at_risk" if any(risks.values()) else "clean" if searched else "unchecked"
     return {
         "format": fmt,
-        "status": "at_risk" if any(risks.values()) else "clean",
+        "status": status,
         "reason": "",
         "risks": risks,
         "review": review,
