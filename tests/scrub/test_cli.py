@@ -407,4 +407,6 @@ def test_scan_never_calls_an_image_it_could_not_search_clean(
     assert entry["status"] == "unchecked"
     assert entry["review"][0].startswith("not searched for faces, text or barcodes: animation")
     assert report["summary"]["unchecked"] == 1
-    assert "unchecked" in report_html.read_text()
+    page = report_html.read_text()
+    assert "unchecked" in page
+    assert "1 file, 1 image, 0 at risk, 1 not searched" in page  # the summary on top

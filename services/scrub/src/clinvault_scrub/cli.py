@@ -43,7 +43,19 @@ def _scan_one(args: tuple[str, str]) -> dict[str, Any]:
     return report
 
 
-def _html(files: list[dict[str, Any]], totals: dict[str, int]) -> str:
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    return (
+        f"{_count(summary['files'], 'file')}, {_count(summary['images'], 'image')}, "
+        f"{summary['at_risk']} at risk, {summary['unchecked']} not searched, "
+        f"{summary['unreadable']} unreadable, {summary['not_images']} not images"
+    )
+
+
+def _html(files: list[dict[str, Any]], totals: dict[str, int], summary: dict[str, Any]) -> str:
     import html
 
     from clinvault_scrub.engine.scan import CATEGORIES
@@ -63,7 +75,8 @@ def _html(files: list[dict[str, Any]], totals: dict[str, int]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>clinvault scan</title>"
         "<style>td,th{border:1px solid #999;padding:2px 6px}table{border-collapse:collapse}</style>"
         "</head><body><h1>PHI-risk report</h1><p>Counts of what identifies patients; "
-        "no image content is shown.</p><table><tr><th>file</th><th>type</th><th>status</th>"
+        f"no image content is shown.</p><p>{html.escape(_summary_line(summary))}</p>"
+        "<table><tr><th>file</th><th>type</th><th>status</th>"
         f"{head}<th>for review</th></tr>{''.join(rows)}"
         f"<tr><th colspan='3'>files with risk</th>{total_cells}<td></td></tr>"
         "</table></body></html>"
@@ -101,15 +114,11 @@ def scan_command(
     if json_file:
         json_file.write_text(json.dumps(report, indent=2, sort_keys=True))
     if html_file:
-        html_file.write_text(_html(files, totals))
-    typer.echo(
-        f"{summary['files']} files, {summary['images']} images, {summary['at_risk']} at risk, "
-        f"{summary['unchecked']} not searched, {summary['unreadable']} unreadable, "
-        f"{summary['not_images']} not images"
-    )
+        html_file.write_text(_html(files, totals, summary))
+    typer.echo(_summary_line(summary))
     for cat in CATEGORIES:
         if totals[cat]:
-            typer.echo(f"  {cat}: {totals[cat]} file{'' if totals[cat] == 1 else 's'}")
+            typer.echo(f"  {cat}: {_count(totals[cat], 'file')}")
 
 
 def register(app: typer.Typer) -> None:
