@@ -4,6 +4,8 @@ answers 415 from an upload's first bytes, and the scrub engine decides how to sc
 
 from __future__ import annotations
 
+import codecs
+
 ACCEPTED = ("jpeg", "png", "webp", "heif", "tiff", "gif")
 
 # Bytes of the head an upload API should pass (enough for every check below).
@@ -130,10 +132,8 @@ def describe_format(head: bytes) -> str:
 def _is_text(head: bytes) -> bool:
     """Printable UTF-8 (a note, a CSV, a log) rather than binary data."""
     try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:  # possibly a character cut at the end of the head
-        try:
-            text = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
-            return False
+        # Incremental: a character cut at the end of the head is not an error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return False
     return bool(text) and all(c.isprintable() or c in "\t\r\n\f" for c in text)

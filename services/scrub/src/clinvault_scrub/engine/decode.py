@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -154,6 +154,20 @@ def load_oriented(im: Any) -> tuple[int, int]:
     return tag, tag
 
 
+def _lzw_tiff(pages: Iterable[tuple[Any, bytes | None]]) -> bytes:
+    """A new LZW TIFF of (pixels-only image, cleaned ICC or None) pages, written one at a time
+    (so a caller may produce them one at a time)."""
+    from PIL import TiffImagePlugin
+
+    buf = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buf) as out:
+        for page, icc in pages:
+            page.save(out, "TIFF", compression="tiff_lzw", **({"icc_profile": icc} if icc else {}))
+            out.newFrame()
+            del page  # before the next page is made
+    return buf.getvalue()
+
+
 def _fresh(im: Any) -> Any:
     """A copy holding pixels only: no info, no tag directories, nothing Pillow could write back."""
     from PIL import Image
@@ -211,12 +225,7 @@ def recode_tiff(data: bytes, limits: Limits) -> Recoded:
         raise Rejected("TIFF without an image")
     if turned:
         result.removed.append("orientation (applied to pixels)")
-    buf = io.BytesIO()
-    kwargs: dict[str, Any] = {"compression": "tiff_lzw"}
-    if icc:
-        kwargs["icc_profile"] = icc
-    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:], **kwargs)
-    result.output = buf.getvalue()
+    result.output = _lzw_tiff((page, icc) for page in pages)
     result.frames = len(pages)
     return result
 
@@ -301,7 +310,8 @@ def render_redacted(
     """Decode, ask which displayed rectangles to fill, fill, encode.
 
     Every page of a multi-page TIFF (a series, a scanned document) is de-identified, one page
-    at a time, into a multi-page TIFF; of any other format the first image/frame is.
+    at a time, into a multi-page TIFF, and every frame of an animated GIF into an animated GIF;
+    of any other format the first image/frame is.
     The image is decoded once and filled in place; the only other pixel buffers are the
     reduced copies, so a 48 MP photo costs one decoded image plus its encoded output.
     """
@@ -342,31 +352,28 @@ def _render_pages(im: Any, frames: int, search: _Search) -> Rendered:
     """Each page of a TIFF de-identified in turn and appended to a new LZW TIFF, with its
     orientation applied to its pixels and only its cleaned colour profile kept. One page's
     pixels are held at a time."""
-    from PIL import TiffImagePlugin
-
     if frames > search.limits.max_pages:
         raise Rejected("TIFF exceeds the page limit")
-    buf = io.BytesIO()
     turned = False
-    with TiffImagePlugin.AppendingTiffWriter(buf) as pages:
+
+    def pages() -> Iterator[tuple[Any, bytes | None]]:
+        nonlocal turned
         for index in range(frames):
             im.seek(index)
             full, icc, tag, orientation = _redacted(im, search, index)
             turned = turned or tag != 1
-            kwargs: dict[str, Any] = {"compression": "tiff_lzw"}
-            if icc:
-                kwargs["icc_profile"] = icc
             page = _transpose(full, orientation)
             if page is full:
                 # Pillow's TIFF encoder writes back a TIFF image's XMP, IPTC and Photoshop
                 # tags: it gets a copy holding pixels only.
                 page = _fresh(full)
             del full
-            page.save(pages, "TIFF", **kwargs)
+            yield page, icc
             del page
-            pages.newFrame()
+
+    output = _lzw_tiff(pages())
     return Rendered(
-        output=buf.getvalue(), output_format="tiff", orientation_applied=turned, pages_dropped=0
+        output=output, output_format="tiff", orientation_applied=turned, pages_dropped=0
     )
 
 

@@ -98,20 +98,11 @@ def run(
     result = Deidentified(b"", "")
 
     def plan(view: DetectionView) -> list[Box]:
-        """One image's (or page's) fills. Caller and keep regions apply to every page of a
-        multi-page TIFF; a detector that is missing is reported once, not once a page."""
+        """One image's (or page's, or frame's) fills; caller and keep regions apply to each."""
         before = len(result.findings)
         fills = _plan(view, result, redactions, keep, hints, detect_faces, read_text)
-        found = result.findings[before:]
-        del result.findings[before:]
-        seen = {(f.kind, f.label, f.note) for f in result.findings}
-        for finding in found:
-            if finding.kind == "detector_unavailable" and (
-                (finding.kind, finding.label, finding.note) in seen
-            ):
-                continue
+        for finding in result.findings[before:]:
             finding.page = view.page
-            result.findings.append(finding)
         return fills
 
     rendered: Rendered = run_limited(
@@ -125,6 +116,16 @@ def run(
     result.pages_dropped = rendered.pages_dropped
     result.orientation_applied = rendered.orientation_applied
     return result
+
+
+def _unavailable(out: Deidentified, label: str, note: str = "") -> None:
+    """A detector that is missing or disabled: reported once per image, not once per page or
+    frame of it (like the review reasons)."""
+    if not any(
+        f.kind == "detector_unavailable" and f.label == label and f.note == note
+        for f in out.findings
+    ):
+        out.findings.append(Finding("detector_unavailable", label=label, note=note))
 
 
 def _plan(
@@ -182,7 +183,7 @@ def _plan(
         try:
             found = faces.detect(det)
         except faces.FaceDetectorUnavailable:
-            out.findings.append(Finding("detector_unavailable", label="faces"))
+            _unavailable(out, "faces")
             review("face detector not available")
             found = []
         for x1, y1, x2, y2, score in found:
@@ -196,9 +197,7 @@ def _plan(
             if (box[2] - box[0]) * (box[3] - box[1]) > LARGE_FACE_SHARE * w * h:
                 review("a face covers much of the frame")
     else:
-        out.findings.append(
-            Finding("detector_unavailable", label="faces", note="disabled by caller")
-        )
+        _unavailable(out, "faces", "disabled by caller")
         review("face detection disabled")
 
     # Barcodes on the decoder's reduced copy (boxes scaled up to full size).
@@ -211,7 +210,7 @@ def _plan(
             out.findings.append(Finding("barcode", box, label=fmt, redacted=True))
             review("barcode found and redacted")
     except barcodes.BarcodesUnavailable:
-        out.findings.append(Finding("detector_unavailable", label="barcodes"))
+        _unavailable(out, "barcodes")
         review("barcode reader not available")
 
     if read_text and view.text_pixels:
@@ -226,9 +225,7 @@ def _plan(
             text[int(y1 / ty) : int(np.ceil(y2 / ty)), int(x1 / tx) : int(np.ceil(x2 / tx))] = 0
         _text(text, (tx, ty), w, h, hints, out, fill, review)
     elif not read_text:
-        out.findings.append(
-            Finding("detector_unavailable", label="text", note="disabled by caller")
-        )
+        _unavailable(out, "text", "disabled by caller")
         review("text detection disabled")
     return fills
 
@@ -237,7 +234,7 @@ def _text(mid, scale, w, h, hints, out, fill, review) -> None:  # type: ignore[n
     try:
         words = ocr.read_words(mid)
     except ocr.OcrUnavailable:
-        out.findings.append(Finding("detector_unavailable", label="text"))
+        _unavailable(out, "text")
         review("text recognition not available")
         return
     tokens = _hint_tokens(hints)

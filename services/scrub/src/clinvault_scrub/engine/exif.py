@@ -137,6 +137,15 @@ def read_exif(blob: bytes) -> ExifInfo:
     return info
 
 
+def is_minimal(blob: bytes) -> bool:
+    """True if `blob` is exactly a minimal_exif() block: the EXIF a care scrub keeps."""
+    try:
+        orientation = read_exif(blob).orientation
+    except (ValueError, struct.error):
+        return False
+    return orientation is not None and blob == minimal_exif(orientation)
+
+
 def minimal_exif(orientation: int) -> bytes:
     """A TIFF block holding only the Orientation tag (big-endian, one IFD, nothing else)."""
     return b"MM\x00*\x00\x00\x00\x08" + struct.pack(">HHHIHH I", 1, 0x0112, 3, 1, orientation, 0, 0)

@@ -9,6 +9,7 @@ images, Samsung/Google trailers, appended archives).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -25,6 +26,8 @@ from clinvault_scrub.engine.model import Record, Rejected, io_failure
 SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _TABLES = {0xC4, 0xCC, 0xDB, 0xDD, 0xDC}  # DHT, DAC, DQT, DRI, DNL
+# The image's own segments, copied as they are; everything else is metadata.
+_IMAGE = frozenset(_SOF | _TABLES | {SOS, EOI})
 
 
 def _latin1(pattern: bytes) -> Any:
@@ -159,11 +162,11 @@ class FileSource:
     def scan_end(self, pos: int, copy: Callable[[memoryview], None] | None) -> int:
         # A buffer from an earlier scan if one is free (list.pop and append are atomic, so
         # threads may share the pool): a fresh megabyte costs 256 page faults.
-        try:
-            if self.chunk != STREAM_CHUNK:
-                raise IndexError
-            buf = _spare_buffers.pop()
-        except IndexError:
+        buf: memoryview | None = None
+        if self.chunk == STREAM_CHUNK:
+            with contextlib.suppress(IndexError):  # none free
+                buf = _spare_buffers.pop()
+        if buf is None:
             buf = memoryview(bytearray(self.chunk))
         try:
             while True:
@@ -484,7 +487,7 @@ def _care(src: _Source, out: _Output, *, max_pixels: int, keep_orientation: bool
             if frames > 1:
                 raise Rejected("JPEG without exactly one frame header")
             width, height, _ = _frame_size(seg)
-        if m in _SOF or m in _TABLES or m in (SOS, EOI):
+        if m in _IMAGE:
             if started:
                 out.write(seg.raw)
             else:
@@ -543,7 +546,7 @@ def check_clean(
             if m in _SOF:
                 frames += 1
                 _frame_size(seg)
-            if m in (SOI, 0) or m in _SOF or m in _TABLES or m in (SOS, EOI):
+            if m in _IMAGE or m in (SOI, 0):
                 continue
             p = bytes(seg.payload)
             if m == 0xE0 and p.startswith(b"JFIF\x00") and len(p) == 14 and p[12:14] == b"\x00\x00":
@@ -553,13 +556,8 @@ def check_clean(
             if m == 0xE2 and p.startswith(_ICC_SIG):
                 icc_chunks.append((p[12], p[14:]))
                 continue
-            if m == 0xE1 and p.startswith(b"Exif\x00\x00"):
-                try:
-                    o = exif_mod.read_exif(p[6:]).orientation
-                except (ValueError, struct.error):
-                    o = None
-                if o is not None and p[6:] == exif_mod.minimal_exif(o):
-                    continue
+            if m == 0xE1 and p.startswith(b"Exif\x00\x00") and exif_mod.is_minimal(p[6:]):
+                continue
             problems.append(
                 f"metadata segment APP{m - 0xE0}" if 0xE0 <= m <= 0xEF else f"segment {m:#x}"
             )

@@ -43,11 +43,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clinvault_scrub.engine.model import Limits, Record, Rejected
 from clinvault_shared.cpu_pool import die_with_parent
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -339,6 +341,9 @@ def _start_zygote() -> _Zygote:
     if threading.current_thread() is threading.main_thread():
         return _Zygote()
     if _keeper is None:
+        # Imported here: this module is also the zygote's program, which never needs it.
+        from concurrent.futures import ThreadPoolExecutor
+
         _keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-zygote-parent")
     return _keeper.submit(_Zygote).result()
 
@@ -372,7 +377,7 @@ def _fork_child(fds: list[int]) -> tuple[_Zygote, int]:
                 _zygote = _start_zygote()
             try:
                 return _zygote, _zygote.fork(fds)
-            except OSError:  # it died (killed, or the thread that forked it ended): a new one
+            except OSError:  # it died (killed, say): a new one
                 _zygote.close()
                 _zygote = None
                 if attempt == 2:
