@@ -452,7 +452,7 @@ NOTES = [
     "row, which reads and writes every byte and does nothing else, is that floor; care adds "
     "to it the marker search (0.03 s), the parsing and checks (0.01 s) and the engine's "
     "imports (0.023 s), together more than the margin between that floor and 1.5x of `cp` "
-    "(0.02-0.03 s on a quiet day). On a disk file system "
+    "(0.02-0.04 s here). On a disk file system "
     "the write costs both alike and the ratio is closer to 1; here the disk's writeback "
     "stalls `cp` and us alike for up to a second (0.1-1.06 s for the same `cp`), too noisy to "
     "time. On both cores a care batch runs on a thread per core (reading, RE2 and writing all "
