@@ -23,8 +23,9 @@ def photo(w: int = 320, h: int = 240, seed: int = 1) -> Image.Image:
     return Image.fromarray(a)
 
 
-def icc_with_text(desc: str, cprt: str) -> bytes:
-    """A minimal v2 ICC profile whose description and copyright carry the given text."""
+def icc_with_text(desc: str, cprt: str, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A minimal v2 ICC profile whose description and copyright carry the given text, with
+    `extra` tags (signature, data) after them."""
 
     def desc_tag(text: str) -> bytes:
         raw = text.encode()
@@ -32,15 +33,13 @@ def icc_with_text(desc: str, cprt: str) -> bytes:
             b"desc\x00\x00\x00\x00" + struct.pack(">I", len(raw) + 1) + raw + b"\x00" + b"\x00" * 78
         )
 
-    def text_tag(text: str) -> bytes:
-        return b"text\x00\x00\x00\x00" + text.encode() + b"\x00"
-
     wtpt = b"XYZ \x00\x00\x00\x00" + struct.pack(">iii", 63190, 65536, 54061)
     tags = [
         (b"desc", desc_tag(desc)),
-        (b"cprt", text_tag(cprt)),
+        (b"cprt", icc_text(cprt)),
         (b"wtpt", wtpt),
-        (b"dmnd", text_tag(desc)),
+        (b"dmnd", icc_text(desc)),
+        *(extra or []),
     ]
     table, blob = b"", b""
     base = 132 + 12 * len(tags)
@@ -57,6 +56,11 @@ def icc_with_text(desc: str, cprt: str) -> bytes:
     header += struct.pack(">iii", 63190, 65536, 54061) + b"\x00" * 4
     header = header.ljust(128, b"\x00")
     return header + struct.pack(">I", len(tags)) + table + blob
+
+
+def icc_text(text: str) -> bytes:
+    """An ICC textType tag."""
+    return b"text\x00\x00\x00\x00" + text.encode() + b"\x00"
 
 
 def full_exif(orientation: int = 1, with_thumbnail: bool = True) -> bytes:
@@ -129,6 +133,7 @@ def leaky_jpeg(
     size: tuple[int, int] = (320, 240),
     progressive: bool = False,
     cmyk: bool = False,
+    icc_profile: bytes | None = None,
 ) -> bytes:
     """A JPEG with every metadata leak vector the issue lists."""
     im = photo(*size)
@@ -140,7 +145,7 @@ def leaky_jpeg(
         "JPEG",
         quality=90,
         progressive=progressive,
-        icc_profile=icc_with_text(canary("icc"), canary("icc") + " copyright"),
+        icc_profile=icc_profile or icc_with_text(canary("icc"), canary("icc") + " copyright"),
     )
     data = buf.getvalue()
     extras = b"".join(

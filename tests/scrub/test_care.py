@@ -15,7 +15,7 @@ import scrub_corpus as corpus
 from PIL import Image
 
 from clinvault_scrub import Hints, Profile, describe_format, scrub, sniff_format
-from clinvault_scrub.engine import jpeg, png, record, verify
+from clinvault_scrub.engine import icc, jpeg, png, record, verify
 
 LEAKY = {
     "jpeg": corpus.leaky_jpeg,
@@ -117,6 +117,41 @@ def test_jpeg_keeps_cleaned_icc_profile() -> None:
     assert icc[36:40] == b"acsp"
     assert b"wtpt" in icc
     assert b"CANARY" not in icc
+
+
+def test_icc_keeps_only_colour_tags_whatever_their_names() -> None:
+    """Text under a vendor's private name is still text; a tag that carries no colour goes."""
+    curve = b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, 0x0233)  # gamma 2.2
+    mluc_body = corpus.canary("dscm").encode("utf-16-be")
+    private_mluc = (
+        b"mluc\x00\x00\x00\x00"
+        + struct.pack(">II2s2sII", 1, 12, b"en", b"US", len(mluc_body), 28)
+        + mluc_body
+    )
+    extra = [
+        (b"rTRC", curve),
+        (b"dscm", private_mluc),  # Apple's multi-language description
+        (b"Xnot", corpus.icc_text(corpus.canary("privatetext"))),  # text under any name
+        (b"mmod", b"mmod\x00\x00\x00\x00" + corpus.canary("makemodel").encode()),
+        (b"calt", b"dtim\x00\x00\x00\x00" + struct.pack(">6H", 2024, 5, 6, 7, 8, 9)),
+        (b"clrt", b"clrt\x00\x00\x00\x00" + corpus.canary("colorant").encode().ljust(38, b"\0")),
+    ]
+    profile = corpus.icc_with_text("sRGB IEC61966-2.1", "Copyright Example", extra)
+    cleaned, changed = icc.clean_icc(profile)
+    assert changed
+    assert b"CANARY" not in cleaned
+    assert b"C\x00A\x00N\x00A\x00R\x00Y" not in cleaned
+    count = struct.unpack(">I", cleaned[128:132])[0]
+    kept = {cleaned[132 + 12 * i : 136 + 12 * i] for i in range(count)}
+    assert kept == {b"desc", b"cprt", b"wtpt", b"rTRC"}
+    assert curve in cleaned  # the colour data itself is untouched
+    assert icc.icc_is_clean(cleaned)
+    assert icc.clean_icc(cleaned) == (cleaned, False)
+
+    out = scrub(corpus.leaky_jpeg(icc_profile=profile)).output
+    assert out is not None
+    kept_profile = Image.open(io.BytesIO(out)).info["icc_profile"]
+    assert kept_profile == cleaned
 
 
 def test_care_reports_capture_time_and_removed_fields() -> None:

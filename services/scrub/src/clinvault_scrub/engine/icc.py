@@ -5,6 +5,11 @@ device and viewing descriptions, metadata) can carry anything a tool wrote; we k
 description only when it is a well-known standard profile name and replace every other text
 with a neutral one, then rebuild the table with fresh offsets and a zero profile ID (the ID is
 an MD5 over the content, which changed; zero means "not computed" and is valid).
+
+A tag is judged by the type of its data, not only by its name: vendors add private tags
+(Apple's `dscm` description, `mmod` make and model), and text under any name is still text.
+Only types that carry colour (numbers, curves, matrices, look-up tables) are kept; any other
+type, from a profile sequence to a calibration date, is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +18,14 @@ import struct
 
 _TEXT_TAGS = {b"desc", b"cprt", b"dmnd", b"dmdd", b"vued", b"meta", b"scrd", b"ciis", b"targ"}
 _REQUIRED_TEXT = {b"desc", b"cprt"}
+# Tag types that hold text, whatever the tag is called.
+_TEXT_TYPES = {b"desc", b"text", b"mluc", b"utf8", b"utf1", b"zut8", b"zxml", b"dict"}
+# Tag types that carry colour: everything a colour engine needs to render the image.
+_COLOUR_TYPES = {
+    b"curv", b"para", b"XYZ ", b"sf32", b"uf32", b"ui08", b"ui16", b"ui32", b"ui64",
+    b"mft1", b"mft2", b"mAB ", b"mBA ", b"mpet", b"chrm", b"meas", b"view", b"sig ",
+    b"cicp", b"vcgt",
+}  # fmt: skip
 _STANDARD_NAMES = {
     "srgb iec61966-2.1",
     "srgb iec61966-2-1 black scaled",
@@ -105,7 +118,6 @@ def clean_icc(profile: bytes) -> tuple[bytes, bool]:
     if count > _MAX_TAGS or 132 + 12 * count > len(profile):
         raise ValueError("ICC tag table out of bounds")
     tags: list[tuple[bytes, bytes]] = []
-    changed = False
     # Tags may share data (same offset and size, as rTRC/gTRC/bTRC often do) but not overlap
     # otherwise: so the copies taken here add up to at most the profile, not 200 times it.
     regions: dict[tuple[int, int], bytes] = {}
@@ -120,16 +132,16 @@ def clean_icc(profile: bytes) -> tuple[bytes, bool]:
             if copied > len(profile):
                 raise ValueError("ICC tags overlap")
             data = regions[(off, size)] = profile[off : off + size]
-        if sig in _TEXT_TAGS:
+        kind = data[:4]
+        if sig in _TEXT_TAGS or kind in _TEXT_TYPES:
             if sig == b"desc" and is_standard_name(data):
                 tags.append((sig, data))
                 continue
-            changed = True
             if sig in _REQUIRED_TEXT:
                 neutral = "Colour profile" if sig == b"desc" else "No copyright, use freely"
                 tags.append((sig, _neutral(sig, version_major, neutral)))
-            continue
-        tags.append((sig, data))
+        elif kind in _COLOUR_TYPES:
+            tags.append((sig, data))
     # Rebuild: identical tag data shares one copy, as in the original (e.g. rTRC/gTRC/bTRC).
     table = bytearray()
     blob = bytearray()
@@ -149,7 +161,6 @@ def clean_icc(profile: bytes) -> tuple[bytes, bool]:
         header[84:100] = b"\x00" * 16
     out = bytes(header) + struct.pack(">I", len(tags)) + bytes(table) + bytes(blob)
     # Cleaning is idempotent: a clean profile comes back byte-identical, so "changed" is exact.
-    del changed
     return out, out != profile
 
 
