@@ -154,6 +154,99 @@ def test_icc_keeps_only_colour_tags_whatever_their_names() -> None:
     assert kept_profile == cleaned
 
 
+# Structures a care scrub copies as they are, each with room made for text: the text must not
+# come through (the structure is dropped, rebuilt, or the file rejected).
+_HIDDEN = corpus.canary("hidden").encode()
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    out, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        out.append(data[pos + 4 : pos + 8])
+        pos += 12 + length
+    return out
+
+
+def test_png_chunk_longer_than_its_fixed_size_is_dropped() -> None:
+    data = corpus.leaky_png()
+    ihdr_end = 8 + 12 + 13
+    phys = corpus._chunk(b"pHYs", struct.pack(">IIB", 2835, 2835, 1) + _HIDDEN)
+    result = scrub(data[:ihdr_end] + phys + data[ihdr_end:])
+    assert result.ok
+    assert result.output is not None
+    assert _HIDDEN not in result.output
+    assert b"pHYs" not in _png_chunks(result.output)
+    assert "png.malformed_chunk" in result.removed
+
+
+def test_png_end_chunk_with_content_is_rejected() -> None:
+    data = corpus.leaky_png()
+    iend = data.rindex(b"IEND") - 4
+    result = scrub(data[:iend] + corpus._chunk(b"IEND", _HIDDEN))
+    assert not result.ok
+    assert "IEND of the wrong size" in result.reason
+
+
+def test_gif_extensions_keep_only_their_fixed_fields() -> None:
+    data = corpus.leaky_gif()
+    loop = data.index(b"\x21\xff\x0bNETSCAPE2.0")
+    gce = data.index(b"\x21\xf9\x04")
+    hidden = bytes([len(_HIDDEN)]) + _HIDDEN
+    # An extra sub-block after the loop count, and one after the graphic control fields.
+    data = data[: loop + 18] + hidden + data[loop + 18 :]
+    gce = data.index(b"\x21\xf9\x04", gce + 30)  # a later frame's
+    data = data[: gce + 7] + hidden + data[gce + 7 :]
+    result = scrub(data)
+    assert result.ok
+    assert result.output is not None
+    assert _HIDDEN not in result.output
+    assert {"gif.application", "gif.malformed_block"} <= set(result.removed)
+    with Image.open(io.BytesIO(result.output)) as im:
+        assert im.n_frames == 3
+        assert im.info.get("loop") == 0
+
+
+def test_webp_frame_keeps_only_its_image_sub_chunks() -> None:
+    frames = [corpus.photo(64, 48, seed=i) for i in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    data = buf.getvalue()
+    anmf = data.index(b"ANMF")
+    size = struct.unpack("<I", data[anmf + 4 : anmf + 8])[0]
+    end = anmf + 8 + size + (size & 1)
+    unknown = b"XYZW" + struct.pack("<I", len(_HIDDEN)) + _HIDDEN + b"\x00" * (len(_HIDDEN) & 1)
+    data = (
+        data[: anmf + 4]
+        + struct.pack("<I", size + (size & 1) + len(unknown))
+        + data[anmf + 8 : end]
+        + unknown
+        + data[end:]
+    )
+    data = data[:4] + struct.pack("<I", len(data) - 8) + data[8:]
+    result = scrub(data)
+    assert result.ok
+    assert result.output is not None
+    assert _HIDDEN not in result.output
+    assert "webp.chunk" in result.removed
+    with Image.open(io.BytesIO(data)) as a, Image.open(io.BytesIO(result.output)) as b:
+        for index in range(2):
+            a.seek(index)
+            b.seek(index)
+            assert np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA")))
+
+
+@pytest.mark.parametrize("marker", [0xDB, 0xC4, 0xC0, 0xDA])
+def test_jpeg_image_segment_with_room_to_spare_is_rejected(marker: int) -> None:
+    data = corpus.leaky_jpeg()
+    seg = next(s for s in jpeg.parse(data).segments if s.marker == marker)
+    raw = bytes(seg.raw)
+    padded = raw[:2] + struct.pack(">H", len(raw) - 2 + len(_HIDDEN)) + raw[4:] + _HIDDEN
+    result = scrub(data[: seg.offset] + padded + data[seg.offset + len(raw) :])
+    assert not result.ok
+    assert result.reason == "corrupt JPEG: image segment of the wrong length"
+
+
 def test_care_reports_capture_time_and_removed_fields() -> None:
     result = scrub(corpus.leaky_jpeg())
     assert result.captured_at is not None

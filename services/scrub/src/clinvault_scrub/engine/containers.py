@@ -31,6 +31,29 @@ def _note(removed: list[str], name: str) -> None:
         removed.append(name)
 
 
+def _frame_image_only(frame: bytes, removed: list[str]) -> bytes:
+    """An ANMF chunk's body with its image sub-chunks only: the format lets a frame carry
+    "unknown chunks" after its bitstream, which would pass through a bytewise copy."""
+    if len(frame) < 16:
+        raise Rejected("corrupt WebP animation frame")
+    parts = [frame[:16]]
+    pos = 16
+    while pos < len(frame):
+        if pos + 8 > len(frame):
+            raise Rejected("truncated WebP frame chunk")
+        fourcc = frame[pos : pos + 4]
+        end = pos + 8 + struct.unpack("<I", frame[pos + 4 : pos + 8])[0]
+        if end > len(frame):
+            raise Rejected("truncated WebP frame chunk")
+        padded = min(len(frame), end + (end - pos) % 2)
+        if fourcc in (b"ALPH", b"VP8 ", b"VP8L"):
+            parts.append(frame[pos:padded])
+        else:
+            _note(removed, "webp.chunk")
+        pos = padded
+    return b"".join(parts)
+
+
 def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScrub:
     if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         raise Rejected("not a WebP stream")
@@ -62,11 +85,14 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
             result.width = 1 + int.from_bytes(body[4:7], "little")
             result.height = 1 + int.from_bytes(body[7:10], "little")
             chunks.append((fourcc, b""))  # placeholder, rebuilt below
+        elif fourcc == b"ANIM" and size != 6:
+            raise Rejected("corrupt WebP animation header")
         elif fourcc in _WEBP_KEEP:
             if fourcc == b"ANMF":
                 result.frames += 1
                 if result.frames > max_frames + 1:
                     raise Rejected("animation exceeds the frame limit")
+                body = _frame_image_only(body, result.removed)
             if fourcc == b"VP8 " and size >= 10 and not result.width:
                 result.width = struct.unpack("<H", body[6:8])[0] & 0x3FFF
                 result.height = struct.unpack("<H", body[8:10])[0] & 0x3FFF
@@ -133,6 +159,9 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
     return result
 
 
+_LOOP_HEAD = b"\x21\xff\x0bNETSCAPE2.0\x03\x01"  # application extension, loop sub-block
+
+
 def _skip_sub_blocks(data: bytes, pos: int) -> int:
     n = len(data)
     while True:
@@ -193,9 +222,17 @@ def scrub_gif(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScru
             start = pos
             end = _skip_sub_blocks(data, pos + 2)
             if label == 0xF9:
-                out.append(data[start:end])
+                # Delay, disposal and transparency: one 4-byte sub-block, nothing else.
+                if end - start == 8 and data[start + 2] == 4:
+                    out.append(data[start:end])
+                else:
+                    _note(result.removed, "gif.malformed_block")
             elif label == 0xFF and data[pos + 3 : pos + 14] in (b"NETSCAPE2.0", b"ANIMEXTS1.0"):
-                out.append(data[start:end])  # loop count only
+                # The loop count, rebuilt: any other sub-block could carry anything.
+                if data[pos + 14 : pos + 16] == b"\x03\x01" and pos + 18 <= end:
+                    out.append(_LOOP_HEAD + data[pos + 16 : pos + 18] + b"\x00")
+                if end - start != 19:
+                    _note(result.removed, "gif.application")
             elif label == 0xFE:
                 _note(result.removed, "gif.comment")
             elif label == 0x01:

@@ -245,6 +245,8 @@ def _walk(
         raw = src.read(pos, 2 + length)
         if len(raw) != 2 + length:  # the file shrank while it was read
             raise Rejected("truncated JPEG segment")
+        if marker in _TABLES or marker in _SOF or marker == SOS:
+            _check_fills(marker, raw)
         yield Segment(marker, raw, pos)
         pos = end
         if marker == SOS:
@@ -258,6 +260,31 @@ def _walk(
                 stop = src.scan_end(pos, copy_scan)
             yield Segment(0, src.read(pos, stop - pos) if src.in_memory else b"", pos, stop - pos)
             pos = stop
+
+
+def _check_fills(marker: int, raw: bytes | memoryview) -> None:
+    """Reject an image segment whose content does not fill it exactly: these are copied as
+    they are, and room left over could carry anything (decoders reject such files too)."""
+    p = raw[4:]
+    n = len(p)
+    if marker == 0xDB:  # DQT: tables of 64 one-byte or two-byte values
+        pos = 0
+        while pos < n:
+            pos += 1 + (128 if p[pos] >> 4 else 64)
+    elif marker == 0xC4:  # DHT: class and id, 16 code counts, the symbols
+        pos = 0
+        while pos < n:
+            pos += 17 + sum(p[pos + 1 : pos + 17]) if pos + 17 <= n else n + 1
+    elif marker in _SOF:
+        pos = 6 + 3 * p[5] if n >= 6 else n + 1
+    elif marker == SOS:
+        pos = 4 + 2 * p[0] if n >= 1 else n + 1
+    elif marker == 0xCC:  # DAC: two bytes per table
+        pos = n + (n & 1)
+    else:  # DRI, DNL: one 16-bit value
+        pos = 2
+    if pos != n:
+        raise Rejected("corrupt JPEG: image segment of the wrong length")
 
 
 def _frame_size(seg: Segment) -> tuple[int, int, int]:

@@ -14,6 +14,13 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Needed to render (APNG's animation chunks are pixel data too).
 _KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs"}
 _KEEP_ANIM = {b"acTL", b"fcTL", b"fdAT"}
+# Sizes the specification fixes (least, most). A kept chunk of another size has room for
+# anything: an ancillary one is dropped, a critical or animation one rejects the file.
+_SIZES = {
+    b"IEND": (0, 0), b"PLTE": (3, 768), b"tRNS": (1, 256), b"gAMA": (4, 4), b"cHRM": (32, 32),
+    b"sRGB": (1, 1), b"sBIT": (1, 4), b"pHYs": (9, 9), b"acTL": (8, 8), b"fcTL": (26, 26),
+}  # fmt: skip
+_MUST_FIT = {b"IEND", b"PLTE", b"acTL", b"fcTL"}
 _NAMES = {
     b"tEXt": "png.text",
     b"zTXt": "png.text",
@@ -94,7 +101,13 @@ def scrub_care(data: bytes, *, max_pixels: int, max_frames: int) -> PngScrub:
             result.frames = struct.unpack(">I", body[:4])[0]
             if result.frames > max_frames:
                 raise Rejected("animation exceeds the frame limit")
-        if ctype in _KEEP or ctype in _KEEP_ANIM:
+        least, most = _SIZES.get(ctype, (0, length))
+        if (kept and not least <= length <= most) or (ctype == b"PLTE" and length % 3):
+            if ctype in _MUST_FIT:
+                raise Rejected(f"corrupt PNG chunk ({ctype.decode()} of the wrong size)")
+            if "png.malformed_chunk" not in removed:
+                removed.append("png.malformed_chunk")
+        elif ctype in _KEEP or ctype in _KEEP_ANIM:
             out.append(mv[pos:end])
         elif ctype == b"iCCP":
             nul = bytes(body[:80]).find(b"\x00")
