@@ -236,6 +236,17 @@ def test_webp_frame_keeps_only_its_image_sub_chunks() -> None:
             assert np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA")))
 
 
+def test_webp_frame_without_image_data_is_rejected() -> None:
+    frames = [corpus.photo(64, 48, seed=i) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    data = buf.getvalue()
+    last = data.rindex(b"VP8L")  # the last frame's bitstream, under a name no decoder knows
+    result = scrub(data[:last] + b"XP8L" + data[last + 4 :])
+    assert not result.ok
+    assert result.reason == "WebP animation frame without image data"
+
+
 @pytest.mark.parametrize("marker", [0xDB, 0xC4, 0xC0, 0xDA])
 def test_jpeg_image_segment_with_room_to_spare_is_rejected(marker: int) -> None:
     data = corpus.leaky_jpeg()

@@ -51,6 +51,8 @@ def _frame_image_only(frame: bytes, removed: list[str]) -> bytes:
         else:
             _note(removed, "webp.chunk")
         pos = padded
+    if not any(part[:4] in (b"VP8 ", b"VP8L") for part in parts[1:]):
+        raise Rejected("WebP animation frame without image data")
     return b"".join(parts)
 
 
