@@ -30,7 +30,7 @@ OCR_REVIEW_CONF = 30.0
 
 @dataclass
 class Deidentified:
-    output: bytes
+    output: bytes | None  # None: a JPEG with nothing to fill, whose pixels stay as they are
     output_format: str
     findings: list[Finding] = field(default_factory=list)
     review_reasons: list[str] = field(default_factory=list)
