@@ -302,7 +302,7 @@ def main() -> None:
             per_best = list(best.values())
             # The corpus has no face, code or text, so the pass above keeps every file's
             # pixels; one caller region sends each file through the full decode, fill and
-            # encode instead, as an image with something to redact goes.
+            # encode instead (a region is known before the search: no reduced decode first).
             for f in all_twelve:
                 data = f.read_bytes()
                 t = time.perf_counter()
@@ -383,9 +383,11 @@ def main() -> None:
         "scales by 1/4 as it decodes, 1/2 for OCR), which sends a 1000 px oriented copy up; "
         "CenterFace on a 640 px copy and zxing on the 1000 px copy here; nothing found, so the "
         "pixels are kept as they are; output check; the OCR figure adds a 2000 px copy and "
-        "tesseract). With one caller region to fill, which adds a full decode, the fill and a "
-        f"JPEG q90 encode: {statistics.median(per_filled) * 1000:.0f} ms "
-        f"(quartiles {_quartiles(per_filled)}). Half of the files carry Orientation 6.",
+        "tesseract). With one caller region to fill (known before the search, so the child "
+        "decodes in full at once, fills and encodes JPEG q90): "
+        f"{statistics.median(per_filled) * 1000:.0f} ms (quartiles {_quartiles(per_filled)}); "
+        "an image where a detector finds something pays the reduced decode and the full one. "
+        "Half of the files carry Orientation 6.",
         f"- mat2 on the same 12 MP files: {mat2_time * 1000:.0f} ms per image (whole process, "
         "one core; Debian's `mat2` package: metadata removal by re-encoding, no face, barcode "
         "or text detection; absent on a machine without it)."
@@ -436,7 +438,12 @@ def main() -> None:
 
 
 NOTES = [
-    "Notes (where the time goes, measured with `-X importtime` and cProfile on this machine):",
+    "Notes (where the time goes, measured with `-X importtime`, cProfile and `perf` on the "
+    "host of 2026-11-25 unless dated otherwise). Hosts differ: on 2026-11-26's, CPU-bound "
+    "work took about 1.8 times as long (RE2 4.9 GB/s against 8-13; CenterFace 118 ms against "
+    "55 ms; Python's start-up 0.020 s and the engine's imports 0.040 s against 0.012 and "
+    "0.023) while `cp` took as long, so every ratio to `cp`, and every fixed target in "
+    "milliseconds, moves with the host; ratios to exiftool and mat2 move less.",
     "",
     "- Rows marked 1 core run under `taskset -c 0`; all rows use cached bytecode except the "
     "one marked otherwise (this environment sets `PYTHONDONTWRITEBYTECODE` and the venv has no "
@@ -490,7 +497,8 @@ NOTES = [
     "OCR) and decoded in full only when something is to be filled; with nothing to fill, "
     "its care output is kept (no encode). On the slower host of that day, in one process: "
     "the reduced decode with its copies 60 ms against 108 ms for the full decode alone, "
-    "CenterFace 118 ms, zxing 20 ms.",
+    "CenterFace 118 ms, zxing 20 ms; an image where a detector finds something pays both "
+    "decodes, about 60 ms more than before (caller regions, known in advance, do not).",
     "- 48 MP memory: the decoder child holds its decoded image (192 MB: Pillow keeps RGB at 4 "
     "bytes a pixel), the reduced copies and the encoded output, plus the pages it shares with "
     "the zygote; the worker holds Python, numpy, Pillow, onnxruntime and the small copies. "

@@ -377,7 +377,7 @@ def test_jpeg_is_searched_on_a_reduced_decode(size: tuple[int, int], read_text: 
         return []
 
     text_side = 2000 if read_text else 0
-    rendered = decode.render_redacted(data, "jpeg", Limits(), 1000, text_side, nothing)
+    rendered = decode.render_redacted(data, "jpeg", Limits(), 1000, text_side, False, nothing)
     assert rendered.output is None
     (view,) = seen
     assert (view.width, view.height) == (3000, 4000)  # displayed: Orientation 6
@@ -389,7 +389,13 @@ def test_jpeg_is_searched_on_a_reduced_decode(size: tuple[int, int], read_text: 
     def one_box(view: decode.DetectionView) -> list[decode.Box]:
         return [box]
 
-    rendered = decode.render_redacted(data, "jpeg", Limits(), 1000, text_side, one_box)
+    # With caller regions there is something to fill whatever is found: one full decode.
+    rendered = decode.render_redacted(data, "jpeg", Limits(), 1000, text_side, True, nothing)
+    assert rendered.output is not None
+    assert len(seen) == 2
+    assert (seen[1].det_width, seen[1].det_height) == (750, 1000)
+
+    rendered = decode.render_redacted(data, "jpeg", Limits(), 1000, text_side, False, one_box)
     assert rendered.output is not None
     px = _decode(rendered.output)
     assert px.shape[:2] == (4000, 3000)

@@ -306,9 +306,13 @@ def render_redacted(
     limits: Limits,
     det_side: int,
     text_side: int,
+    will_fill: bool,
     ask: Callable[[DetectionView], list[Box]],
 ) -> Rendered:
     """Decode, ask which displayed rectangles to fill, fill, encode.
+
+    `will_fill`: something is to be filled whatever the detectors find (the caller gave
+    regions), so a JPEG is decoded in full at once rather than reduced first.
 
     Every page of a multi-page TIFF (a series, a scanned document) is de-identified, one page
     at a time, into a multi-page TIFF, and every frame of an animated GIF into an animated GIF;
@@ -326,7 +330,7 @@ def render_redacted(
         return _render_pages(im, frames, search)
     if input_format == "gif" and frames > 1:
         return _render_animation(im, frames, search)
-    if input_format == "jpeg":
+    if input_format == "jpeg" and not will_fill:
         return _render_jpeg(data, im, search)
     full, icc, tag, orientation = _redacted(im, search, 0)
     del im

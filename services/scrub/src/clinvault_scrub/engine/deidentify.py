@@ -107,7 +107,7 @@ def run(
 
     rendered: Rendered = run_limited(
         render_redacted,
-        (input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0),
+        (input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0, bool(redactions)),
         limits,
         answer=plan,
         data=data,
