@@ -369,6 +369,8 @@ def _render_jpeg(data: bytes, im: Any, search: _Search) -> Rendered:
     nothing to fill, the pixels stay as they are (the caller keeps the care output: no second
     encoding, no loss); otherwise the image is decoded again in full, filled and encoded.
     """
+    from PIL import Image
+
     size = im.size
     if size[0] * size[1] > search.limits.max_pixels:
         raise Rejected("image exceeds the pixel limit")
@@ -379,8 +381,6 @@ def _render_jpeg(data: bytes, im: Any, search: _Search) -> Rendered:
     scale = next(s for s in (8, 4, 2, 1) if s <= factor)
     if scale > 1:
         im.draft(im.mode, (size[0] // scale, size[1] // scale))
-    from PIL import Image
-
     reduced, _, _, orientation = _decoded(im)
     boxes = search.ask(_view(reduced, orientation, search, 0, full_size=size))
     del reduced, im
