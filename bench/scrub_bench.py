@@ -185,7 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     n12, n48 = (8, 2) if args.quick else (40, 10)
     sys.path.insert(0, str(ROOT / "services" / "scrub" / "src"))
-    from clinvault_scrub import Profile, Region, scrub
+    from clinvault_scrub import Profile, scrub
 
     scratch = _scratch_root()
     with tempfile.TemporaryDirectory(prefix="scrub-bench-", dir=scratch) as tmp:
@@ -280,7 +280,7 @@ def main() -> None:
         # child and tesseract, which inherit the affinity).
         all_twelve = [f for f in files if "4000x3000" in f.name]
         twelve = all_twelve[:8]  # with OCR (seconds each) and for mat2
-        per_full, per_no_ocr, per_filled = [], [], []
+        per_full, per_no_ocr = [], []
         cores = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(cores)})
         try:
@@ -300,21 +300,6 @@ def main() -> None:
                     if not r.ok:
                         raise SystemExit(f"deidentify failed: {r.reason}")
             per_best = list(best.values())
-            # The corpus has no face, code or text, so the pass above keeps every file's
-            # pixels; one caller region sends each file through the full decode, fill and
-            # encode instead (a region is known before the search: no reduced decode first).
-            for f in all_twelve:
-                data = f.read_bytes()
-                t = time.perf_counter()
-                r = scrub(
-                    data,
-                    Profile.DEIDENTIFY,
-                    read_text=False,
-                    redactions=[Region(100, 100, 400, 300, "tattoo")],
-                )
-                per_filled.append(time.perf_counter() - t)
-                if not r.ok or not r.reencoded:
-                    raise SystemExit(f"deidentify with a region failed: {r.reason}")
             for f in twelve:
                 data = f.read_bytes()
                 t = time.perf_counter()
@@ -379,15 +364,10 @@ def main() -> None:
         f"file's best of three {statistics.median(per_best) * 1000:.0f} ms), "
         f"{statistics.median(per_full) * 1000:.0f} ms including tesseract OCR "
         f"({len(per_full)} files) "
-        "(in one warm process: care scrub; a reduced decode in a sandbox child (the decoder "
-        "scales by 1/4 as it decodes, 1/2 for OCR), which sends a 1000 px oriented copy up; "
-        "CenterFace on a 640 px copy and zxing on the 1000 px copy here; nothing found, so the "
-        "pixels are kept as they are; output check; the OCR figure adds a 2000 px copy and "
-        "tesseract). With one caller region to fill (known before the search, so the child "
-        "decodes in full at once, fills and encodes JPEG q90): "
-        f"{statistics.median(per_filled) * 1000:.0f} ms (quartiles {_quartiles(per_filled)}); "
-        "an image where a detector finds something pays the reduced decode and the full one. "
-        "Half of the files carry Orientation 6.",
+        "(in one warm process: care scrub; one decode in a sandbox child, which sends a 1000 px "
+        "oriented copy up, fills the rectangles the detectors answer with and encodes JPEG q90; "
+        "CenterFace on a 640 px copy and zxing on the 1000 px copy here; output check; the OCR "
+        "figure adds a 2000 px copy and tesseract). Half of the files carry Orientation 6.",
         f"- mat2 on the same 12 MP files: {mat2_time * 1000:.0f} ms per image (whole process, "
         "one core; Debian's `mat2` package: metadata removal by re-encoding, no face, barcode "
         "or text detection; absent on a machine without it)."
@@ -422,8 +402,7 @@ def main() -> None:
         )
         + " of exiftool's. deidentify median "
         f"{statistics.median(per_no_ocr) * 1000:.0f} ms (best of three per file: "
-        f"{statistics.median(per_best) * 1000:.0f} ms; with a region to fill "
-        f"{statistics.median(per_filled) * 1000:.0f} ms) against the 250 ms target; "
+        f"{statistics.median(per_best) * 1000:.0f} ms) against the 250 ms target; "
         "48 MP peak "
         + " / ".join(f"{w:.0f} MB worker, {c:.0f} MB child" for w, c in mem_deid)
         + " against 400 MB. See the notes below for where the time goes.",
@@ -441,9 +420,10 @@ NOTES = [
     "Notes (where the time goes, measured with `-X importtime`, cProfile and `perf` on the "
     "host of 2026-11-25 unless dated otherwise). Hosts differ: on 2026-11-26's, CPU-bound "
     "work took about 1.8 times as long (RE2 4.9 GB/s against 8-13; CenterFace 118 ms against "
-    "55 ms; Python's start-up 0.020 s and the engine's imports 0.040 s against 0.012 and "
-    "0.023) while `cp` took as long, so every ratio to `cp`, and every fixed target in "
-    "milliseconds, moves with the host; ratios to exiftool and mat2 move less.",
+    "55 ms; the full decode of a 12 MP photo 108 ms; Python's start-up 0.020 s and the "
+    "engine's imports 0.040 s against 0.012 and 0.023) while `cp` took as long, so every "
+    "ratio to `cp`, and every fixed target in milliseconds, moves with the host; ratios to "
+    "exiftool and mat2 move less.",
     "",
     "- Rows marked 1 core run under `taskset -c 0`; all rows use cached bytecode except the "
     "one marked otherwise (this environment sets `PYTHONDONTWRITEBYTECODE` and the venv has no "
@@ -492,13 +472,7 @@ NOTES = [
     "14 ms; fill and JPEG q90 encode 47-54 ms; result back through a memfd 7 ms; output check "
     "1-4 ms. Decode, face model and encode alone are about 190 ms. Since then the decoder "
     "children use transparent huge pages for their large buffers (`GLIBC_TUNABLES` in the "
-    "zygote's environment), which took about 35 ms more off, mostly from the decode. Since "
-    "2026-11-26 a JPEG is first decoded reduced (`draft()`: 1/4 for a 12 MP photo without "
-    "OCR) and decoded in full only when something is to be filled; with nothing to fill, "
-    "its care output is kept (no encode). On the slower host of that day, in one process: "
-    "the reduced decode with its copies 60 ms against 108 ms for the full decode alone, "
-    "CenterFace 118 ms, zxing 20 ms; an image where a detector finds something pays both "
-    "decodes, about 60 ms more than before (caller regions, known in advance, do not).",
+    "zygote's environment), which took about 35 ms more off, mostly from the decode.",
     "- 48 MP memory: the decoder child holds its decoded image (192 MB: Pillow keeps RGB at 4 "
     "bytes a pixel), the reduced copies and the encoded output, plus the pages it shares with "
     "the zygote; the worker holds Python, numpy, Pillow, onnxruntime and the small copies. "

@@ -25,8 +25,7 @@ from clinvault_shared.decisions import decide, in_force
 from clinvault_shared.errors import ClinvaultError, Conflict, Forbidden, Gone, NotFound
 from clinvault_shared.runtime import Runtime
 
-# Derivatives come from the deidentify profile (re-encoded, or a JPEG kept as it was when
-# nothing was to be filled); the engine says which format it chose.
+# Derivatives are re-encoded by the deidentify profile; the engine says which format it chose.
 OUTPUT_MEDIA_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",

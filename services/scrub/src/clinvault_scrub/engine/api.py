@@ -26,18 +26,10 @@ _OUTPUT_CHECKS = ("reparse", "metadata_whitelist", "single_image", "no_trailer")
 
 
 def _care(
-    data: bytes,
-    fmt: str,
-    limits: Limits,
-    result: ScrubResult,
-    runs: dict[int, int],
-    *,
-    dated: bool = True,
+    data: bytes, fmt: str, limits: Limits, result: ScrubResult, runs: dict[int, int]
 ) -> bytes:
-    """The care scrub of `data`; `dated=False` (deidentify) zeroes a JPEG colour profile's
-    creation date, as every de-identified output does."""
     if fmt == "jpeg":
-        j = jpeg.scrub_care(data, max_pixels=limits.max_pixels, icc_dated=dated)
+        j = jpeg.scrub_care(data, max_pixels=limits.max_pixels)
         result.removed, result.captured_at = j.removed, j.captured_at
         runs.update(j.scan_runs)
         return j.output
@@ -88,7 +80,7 @@ def scrub(
             raise Rejected(f"unsupported file type: {describe_format(data[:SNIFF_BYTES])}")
         result.format = fmt
         jpeg_runs: dict[int, int] = {}
-        output = _care(data, fmt, limits, result, jpeg_runs, dated=profile is Profile.CARE)
+        output = _care(data, fmt, limits, result, jpeg_runs)
         out_fmt = fmt
         if profile is Profile.DEIDENTIFY:
             from clinvault_scrub.engine import deidentify
@@ -108,12 +100,9 @@ def scrub(
                 detect_faces=detect_faces,
                 read_text=read_text,
             )
-            if d.output is not None:
-                output, out_fmt = d.output, d.output_format
-                result.reencoded = True
-            # else a JPEG with nothing to fill: its care output (pixels untouched, the colour
-            # profile's date zeroed) is the de-identified image.
-            jpeg_runs = {}  # every byte of a de-identified output is searched
+            output, out_fmt = d.output, d.output_format
+            jpeg_runs = {}  # a new encoding: every byte is searched
+            result.reencoded = True
             result.captured_at = None
             result.removed.append("timestamps")
             if d.orientation_applied:

@@ -102,10 +102,9 @@ class DetectionView:
 @dataclass
 class Rendered:
     """The de-identified image, encoded. A JPEG keeps the Orientation tag and its pixels as
-    stored (rotating a 48 MP image would double the child's memory); a PNG has it applied.
-    `output` is None when a JPEG had nothing to fill: its pixels stay exactly as they are."""
+    stored (rotating a 48 MP image would double the child's memory); a PNG has it applied."""
 
-    output: bytes | None
+    output: bytes
     output_format: str
     orientation_applied: bool
     pages_dropped: int
@@ -306,13 +305,9 @@ def render_redacted(
     limits: Limits,
     det_side: int,
     text_side: int,
-    will_fill: bool,
     ask: Callable[[DetectionView], list[Box]],
 ) -> Rendered:
     """Decode, ask which displayed rectangles to fill, fill, encode.
-
-    `will_fill`: something is to be filled whatever the detectors find (the caller gave
-    regions), so a JPEG is decoded in full at once rather than reduced first.
 
     Every page of a multi-page TIFF (a series, a scanned document) is de-identified, one page
     at a time, into a multi-page TIFF, and every frame of an animated GIF into an animated GIF;
@@ -330,16 +325,8 @@ def render_redacted(
         return _render_pages(im, frames, search)
     if input_format == "gif" and frames > 1:
         return _render_animation(im, frames, search)
-    if input_format == "jpeg" and not will_fill:
-        return _render_jpeg(data, im, search)
     full, icc, tag, orientation = _redacted(im, search, 0)
     del im
-    return _encoded(full, icc, tag, orientation, input_format, frames - 1)
-
-
-def _encoded(
-    full: Any, icc: bytes | None, tag: int, orientation: int, input_format: str, dropped: int
-) -> Rendered:
     keep_alpha = full.mode == "RGBA"
     buf = io.BytesIO()
     lossless = input_format in _LOSSLESS_INPUTS or keep_alpha
@@ -357,40 +344,8 @@ def _encoded(
         output=output,
         output_format="png" if lossless else "jpeg",
         orientation_applied=lossless and tag != 1,
-        pages_dropped=dropped,
+        pages_dropped=frames - 1,
     )
-
-
-def _render_jpeg(data: bytes, im: Any, search: _Search) -> Rendered:
-    """A JPEG is searched on a reduced decode and decoded in full only to fill something.
-
-    The decoder scales by 1/2, 1/4 or 1/8 as it decodes (draft()), to the largest factor the
-    detection copies allow: several times cheaper than a full decode and a reduction. With
-    nothing to fill, the pixels stay as they are (the caller keeps the care output: no second
-    encoding, no loss); otherwise the image is decoded again in full, filled and encoded.
-    """
-    from PIL import Image
-
-    size = im.size
-    if size[0] * size[1] > search.limits.max_pixels:
-        raise Rejected("image exceeds the pixel limit")
-    longest = max(size)
-    factor = max(1, longest // max(1, search.det_side))
-    if search.text_side:
-        factor = min(factor, -(-longest // search.text_side))
-    scale = next(s for s in (8, 4, 2, 1) if s <= factor)
-    if scale > 1:
-        im.draft(im.mode, (size[0] // scale, size[1] // scale))
-    reduced, _, _, orientation = _decoded(im)
-    boxes = search.ask(_view(reduced, orientation, search, 0, full_size=size))
-    del reduced, im
-    if not boxes:
-        return Rendered(
-            output=None, output_format="jpeg", orientation_applied=False, pages_dropped=0
-        )
-    full, icc, tag, orientation = _decoded(Image.open(io.BytesIO(data)))
-    _fill(full, boxes, orientation)
-    return _encoded(full, icc, tag, orientation, "jpeg", 0)
 
 
 def _render_pages(im: Any, frames: int, search: _Search) -> Rendered:
@@ -461,16 +416,6 @@ def _redacted(im: Any, search: _Search, page: int) -> tuple[Any, bytes | None, i
     to the pixels as loaded; see load_oriented)."""
     if im.size[0] * im.size[1] > search.limits.max_pixels:
         raise Rejected("image exceeds the pixel limit")
-    full, icc, tag, orientation = _decoded(im)
-    boxes = search.ask(_view(full, orientation, search, page, full_size=full.size))
-    _fill(full, boxes, orientation)
-    return full, icc, tag, orientation
-
-
-def _decoded(im: Any) -> tuple[Any, bytes | None, int, int]:
-    """The current image/page loaded as RGB (RGBA where it has transparency), with nothing of
-    the input's metadata: (pixels, cleaned ICC without its date, Orientation tag, orientation
-    still to apply)."""
     icc, _ = _clean_icc_or_none(im.info.get("icc_profile"))
     icc = icc and without_date(icc)
     keep_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
@@ -480,39 +425,31 @@ def _decoded(im: Any) -> tuple[Any, bytes | None, int, int]:
     # Nothing of the input's metadata may reach an encoder: Pillow's PNG encoder writes
     # info["icc_profile"] (the profile before cleaning) when it is not given one.
     full.info = {}
-    return full, icc, tag, orientation
 
-
-def _view(
-    pixels: Any, orientation: int, search: _Search, page: int, *, full_size: tuple[int, int]
-) -> DetectionView:
-    """The detection copies of `pixels` (the image as loaded, or a reduced decode of an image
-    of `full_size`): box-filtered reductions (about 10 ms for 12 MP), oriented as displayed."""
+    # Detection copies: box-filtered reductions of the decoded pixels (about 10 ms for 12 MP;
+    # cheaper than a second, draft()-scaled decode), oriented as displayed.
     det_side, text_side = search.det_side, search.text_side
-    det = _oriented_copy(pixels, max(1, max(pixels.size) // max(1, det_side)), orientation)
-    text = (
-        _oriented_copy(pixels, -(-max(pixels.size) // text_side), orientation)
-        if text_side
-        else None
+    det = _oriented_copy(full, max(1, max(full.size) // max(1, det_side)), orientation)
+    text = _oriented_copy(full, -(-max(full.size) // text_side), orientation) if text_side else None
+    width, height = _oriented_size(full.size, orientation)
+    boxes = search.ask(
+        DetectionView(
+            width=width,
+            height=height,
+            det_width=det.size[0],
+            det_height=det.size[1],
+            det_pixels=det.tobytes(),
+            text_width=text.size[0] if text else 0,
+            text_height=text.size[1] if text else 0,
+            text_pixels=text.tobytes() if text else b"",
+            page=page,
+        )
     )
-    width, height = _oriented_size(full_size, orientation)
-    return DetectionView(
-        width=width,
-        height=height,
-        det_width=det.size[0],
-        det_height=det.size[1],
-        det_pixels=det.tobytes(),
-        text_width=text.size[0] if text else 0,
-        text_height=text.size[1] if text else 0,
-        text_pixels=text.tobytes() if text else b"",
-        page=page,
-    )
-
-
-def _fill(full: Any, boxes: list[Box], orientation: int) -> None:
-    black = (0, 0, 0, 255) if full.mode == "RGBA" else (0, 0, 0)
+    del det, text
+    black = (0, 0, 0, 255) if keep_alpha else (0, 0, 0)
     for box in boxes:
         full.paste(black, stored_box(box, full.size, orientation))
+    return full, icc, tag, orientation
 
 
 def _oriented_copy(full: Any, factor: int, orientation: int) -> Any:

@@ -30,7 +30,7 @@ OCR_REVIEW_CONF = 30.0
 
 @dataclass
 class Deidentified:
-    output: bytes | None  # None: a JPEG with nothing to fill, whose pixels stay as they are
+    output: bytes
     output_format: str
     findings: list[Finding] = field(default_factory=list)
     review_reasons: list[str] = field(default_factory=list)
@@ -107,7 +107,7 @@ def run(
 
     rendered: Rendered = run_limited(
         render_redacted,
-        (input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0, bool(redactions)),
+        (input_format, limits, BARCODE_SIDE, TEXT_SIDE if read_text else 0),
         limits,
         answer=plan,
         data=data,

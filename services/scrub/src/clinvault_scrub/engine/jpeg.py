@@ -20,7 +20,7 @@ from typing import Any
 import re2
 
 from clinvault_scrub.engine import exif as exif_mod
-from clinvault_scrub.engine.icc import clean_icc, icc_is_clean, without_date
+from clinvault_scrub.engine.icc import clean_icc, icc_is_clean
 from clinvault_scrub.engine.model import Record, Rejected, io_failure
 
 SOI, EOI, SOS, COM = 0xD8, 0xD9, 0xDA, 0xFE
@@ -455,7 +455,7 @@ class _Metadata:
         else:
             note("unknown_segment")
 
-    def head(self, keep_orientation: bool, icc_dated: bool) -> tuple[bytes, bytes | None]:
+    def head(self, keep_orientation: bool) -> tuple[bytes, bytes | None]:
         """The segments written before the image's own (SOI, JFIF, Orientation, ICC, Adobe)."""
         self.frozen = True
         icc_out: bytes | None = None
@@ -464,8 +464,6 @@ class _Metadata:
                 icc_out, changed = clean_icc(reassemble_icc(self.icc_chunks))
                 if changed:
                     self.note("icc.free_text")
-                if not icc_dated:
-                    icc_out = without_date(icc_out)
             except ValueError:
                 self.note("icc.unreadable")
                 icc_out = None
@@ -481,14 +479,7 @@ class _Metadata:
         return b"".join(head), icc_out
 
 
-def _care(
-    src: _Source,
-    out: _Output,
-    *,
-    max_pixels: int,
-    keep_orientation: bool,
-    icc_dated: bool = True,
-) -> JpegScrub:
+def _care(src: _Source, out: _Output, *, max_pixels: int, keep_orientation: bool) -> JpegScrub:
     """Segment rewrite into `out`: pixels untouched. Raises Rejected.
 
     The kept metadata (JFIF, Orientation, ICC, Adobe) is taken from the segments before the
@@ -510,7 +501,7 @@ def _care(
             raise Rejected("JPEG with zero or deferred dimensions")
         if width * height > max_pixels:
             raise Rejected("image exceeds the pixel limit")
-        head, icc = meta.head(keep_orientation, icc_dated)
+        head, icc = meta.head(keep_orientation)
         out.write(b"".join([head, *pending]))
         started = True
 
@@ -550,19 +541,10 @@ def _care(
     )
 
 
-def scrub_care(
-    data: bytes, *, max_pixels: int, keep_orientation: bool = True, icc_dated: bool = True
-) -> JpegScrub:
-    """Segment rewrite of a JPEG in memory: pixels untouched. Raises Rejected.
-    `icc_dated=False` zeroes the colour profile's creation date (a de-identified output)."""
+def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -> JpegScrub:
+    """Segment rewrite of a JPEG in memory: pixels untouched. Raises Rejected."""
     out = _Parts()
-    result = _care(
-        _Memory(data),
-        out,
-        max_pixels=max_pixels,
-        keep_orientation=keep_orientation,
-        icc_dated=icc_dated,
-    )
+    result = _care(_Memory(data), out, max_pixels=max_pixels, keep_orientation=keep_orientation)
     result.output = b"".join(out.parts)
     return result
 
