@@ -410,3 +410,32 @@ def test_scan_never_calls_an_image_it_could_not_search_clean(
     page = report_html.read_text()
     assert "unchecked" in page
     assert "1 file, 1 image, 0 at risk, 1 not searched" in page  # the summary on top
+
+
+def test_scan_counts_data_it_cannot_read(tmp_path: Path) -> None:
+    """A vendor segment or an unknown chunk may hold anything: such a file is not clean."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    from clinvault_scrub.engine.scan import scan_bytes
+
+    buf = io.BytesIO()
+    corpus.photo(64, 48).save(buf, "JPEG")
+    plain_jpeg = buf.getvalue()
+    app15 = b"\xff\xef" + struct.pack(">H", 2 + 9) + b"vendor123"
+    vendor_jpeg = plain_jpeg[:2] + app15 + plain_jpeg[2:]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(buf, "PNG")
+    plain_png = buf.getvalue()
+    iend = plain_png.rindex(b"IEND") - 4
+    chunk_png = plain_png[:iend] + corpus._chunk(b"vnDr", b"opaque") + plain_png[iend:]
+
+    for plain, with_data in ((plain_jpeg, vendor_jpeg), (plain_png, chunk_png)):
+        clean = scan_bytes(plain, detectors=False)
+        assert clean["status"] == "clean", clean
+        flagged = scan_bytes(with_data, detectors=False)
+        assert flagged["status"] == "at_risk"
+        assert flagged["risks"]["other_metadata"] == 1
+        assert sum(flagged["risks"].values()) == 1

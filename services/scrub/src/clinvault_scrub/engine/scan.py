@@ -19,6 +19,7 @@ CATEGORIES = (
     "faces",
     "text",
     "barcodes",
+    "other_metadata",
 )
 _FROM_REMOVED = {
     "exif.gps": "gps",
@@ -46,6 +47,34 @@ _FROM_REMOVED = {
     "tiff.sub_images": "extra_images",
     "trailer": "trailers",
 }
+# Data the scrubber removes without reading it (maker notes, vendor segments and chunks,
+# content credentials, malformed structures): it may hold anything, so it is counted too.
+_OPAQUE = {
+    "exif.makernote",
+    "exif.unreadable",
+    "icc.unreadable",
+    "icc.after_image",
+    "jumbf",
+    "ducky",
+    "fpxr",
+    "unknown_segment",
+    "webp.chunk",
+    "gif.application",
+    "gif.malformed_block",
+    "png.malformed_chunk",
+    "heif.metadata",
+    "tiff.tag",
+    "tiff.photoshop_layers",
+}
+
+
+def _category(removed: str) -> str | None:
+    """The report category of one name from a care scrub's `removed` list, if any."""
+    if removed in _FROM_REMOVED:
+        return _FROM_REMOVED[removed]
+    if removed in _OPAQUE or removed.startswith(("png.chunk.", "app")):
+        return "other_metadata"  # app0...app15: a segment of no known kind
+    return None
 
 
 def scan_bytes(
@@ -70,7 +99,7 @@ def scan_bytes(
     if not care.ok:
         return {"format": fmt, "status": "unreadable", "reason": care.reason, "risks": risks}
     for name in care.removed:
-        cat = _FROM_REMOVED.get(name)
+        cat = _category(name)
         if cat:
             risks[cat] = 1
     if care.captured_at is not None:
