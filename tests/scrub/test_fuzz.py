@@ -1,0 +1,45 @@
+"""A short mutation-fuzzing campaign on every run (fixed seeds, so a failure reproduces):
+each mutated corpus file ends scrubbed or rejected with a reason, quickly, with no canary in
+its output. Longer campaigns: `python tests/scrub/scrub_fuzz.py --help`."""
+
+from __future__ import annotations
+
+import pytest
+import scrub_corpus as corpus
+import scrub_fuzz
+
+from clinvault_scrub import Profile
+
+
+@pytest.mark.parametrize(("profile", "runs"), [(Profile.CARE, 600), (Profile.DEIDENTIFY, 40)])
+def test_mutated_files_end_safely(profile: Profile, runs: int) -> None:
+    tally: dict[str, int] = {}
+    campaign = scrub_fuzz.campaign(profile, runs=runs, seed=7, tally=tally)
+    found = [(name, problems) for name, _, problems in campaign]
+    assert found == []
+    # Both outcomes occur: the mutations reach past the first checks.
+    assert tally["scrubbed"] >= runs // 5, tally
+    assert tally["rejected"] >= runs // 5, tally
+
+
+def test_the_fuzzer_sees_a_leak_and_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above could fail: a canary in an output, or an exception, is reported."""
+    from clinvault_scrub.engine import jpeg
+
+    out = scrub_fuzz.scrub(corpus.leaky_jpeg()).output
+    assert out is not None
+    assert not scrub_fuzz._leaks(out, Profile.CARE)
+    in_metadata = out[:2] + b"\xff\xfe\x00\x0bCANARYXQZ" + out[2:]
+    in_image_data = out[:-2] + b"CANARYXQZ" + out[-2:]  # copied as it is by a care scrub
+    assert scrub_fuzz._leaks(in_metadata, Profile.CARE)
+    assert not scrub_fuzz._leaks(in_image_data, Profile.CARE)
+    assert scrub_fuzz._leaks(in_image_data, Profile.DEIDENTIFY)  # a new encoding has none
+    assert scrub_fuzz._leaks(out + "CANARY".encode("utf-16-le"), Profile.CARE)
+
+    def broken(data: bytes, **kw: object) -> jpeg.JpegScrub:
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr(jpeg, "scrub_care", broken)
+    assert scrub_fuzz.problems(corpus.leaky_jpeg(), Profile.CARE) == [
+        "rejected without a proper reason: 'internal error while scrubbing (RuntimeError)'"
+    ]
