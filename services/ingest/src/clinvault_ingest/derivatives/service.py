@@ -31,7 +31,7 @@ OUTPUT_MEDIA_TYPES = {
     "png": "image/png",
     "webp": "image/webp",
     "tiff": "image/tiff",  # a multi-page TIFF stays one, every page de-identified
-    "gif": "image/gif",  # so does an animation, every frame de-identified
+    "gif": "image/gif",  # so does an animation (GIF, WebP, PNG), every frame de-identified
 }
 
 

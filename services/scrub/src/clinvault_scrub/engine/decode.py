@@ -310,8 +310,8 @@ def render_redacted(
     """Decode, ask which displayed rectangles to fill, fill, encode.
 
     Every page of a multi-page TIFF (a series, a scanned document) is de-identified, one page
-    at a time, into a multi-page TIFF, and every frame of an animated GIF into an animated GIF;
-    of any other format the first image/frame is.
+    at a time, into a multi-page TIFF, and every frame of an animated GIF, WebP or PNG into an
+    animation of the same format; of a HEIF sequence the first image is.
     The image is decoded once and filled in place; the only other pixel buffers are the
     reduced copies, so a 48 MP photo costs one decoded image plus its encoded output.
     """
@@ -323,8 +323,8 @@ def render_redacted(
     frames = int(getattr(im, "n_frames", 1) or 1)
     if input_format == "tiff" and frames > 1:
         return _render_pages(im, frames, search)
-    if input_format == "gif" and frames > 1:
-        return _render_animation(im, frames, search)
+    if input_format in _ANIMATIONS and frames > 1:
+        return _render_animation(im, frames, search, input_format)
     full, icc, tag, orientation = _redacted(im, search, 0)
     del im
     keep_alpha = full.mode == "RGBA"
@@ -383,10 +383,19 @@ def _render_pages(im: Any, frames: int, search: _Search) -> Rendered:
 MAX_ANIMATION_FRAMES = 100
 
 
-def _render_animation(im: Any, frames: int, search: _Search) -> Rendered:
-    """Every frame of an animated GIF de-identified, saved again as an animated GIF with the
-    same frame times and looping (each frame is composited by Pillow, so a redaction covers
-    what a viewer would see)."""
+# Animated formats de-identified frame by frame: Pillow's name for each, and what it encodes
+# with (a WebP animation is re-encoded lossy at the quality of a JPEG output).
+_ANIMATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gif": ("GIF", {}),
+    "webp": ("WEBP", {"quality": JPEG_QUALITY}),
+    "png": ("PNG", {}),
+}
+
+
+def _render_animation(im: Any, frames: int, search: _Search, input_format: str) -> Rendered:
+    """Every frame of an animated GIF, WebP or PNG de-identified, saved again as an animation
+    of the same format with the same frame times and looping (each frame is composited by
+    Pillow, so a redaction covers what a viewer would see)."""
     most = min(search.limits.max_frames, MAX_ANIMATION_FRAMES)
     if frames > most:
         raise Rejected(
@@ -394,19 +403,40 @@ def _render_animation(im: Any, frames: int, search: _Search) -> Rendered:
         )
     loop = im.info.get("loop")
     redacted, durations = [], []
+    icc: bytes | None = None
+    turned = False
     for index in range(frames):
         im.seek(index)
-        durations.append(int(im.info.get("duration") or 0))
-        full, _, _, _ = _redacted(im, search, index)
-        redacted.append(_fresh(full))  # the next seek() reuses the decoder's image
-        del full
+        im.load()  # a WebP frame has its duration only once loaded
+        info = im.info
+        durations.append(int(info.get("duration") or 0))
+        full, frame_icc, tag, orientation = _redacted(im, search, index)
+        # _redacted gives a frame it did not need to convert an empty info; the APNG reader
+        # keeps filling the original for the next frames.
+        im.info = info
+        icc = icc or frame_icc  # the file's profile: a later frame's info may not repeat it
+        # A frame as displayed (an animated WebP or PNG may carry an EXIF Orientation; the
+        # output keeps no tag), in a fresh image: the next seek() reuses the decoder's.
+        frame = _transpose(full, orientation)
+        redacted.append(_fresh(frame) if frame is full else frame)
+        turned = turned or tag != 1
+        del full, frame
     buf = io.BytesIO()
-    kwargs: dict[str, Any] = {"duration": durations}
+    encoder, options = _ANIMATIONS[input_format]
+    kwargs: dict[str, Any] = {"duration": durations, **options}
     if loop is not None:
         kwargs["loop"] = loop
-    redacted[0].save(buf, "GIF", save_all=True, append_images=redacted[1:], **kwargs)
+    if icc and input_format == "webp":
+        kwargs["icc_profile"] = icc
+    redacted[0].save(buf, encoder, save_all=True, append_images=redacted[1:], **kwargs)
+    output = buf.getvalue()
+    if icc and input_format == "png":
+        output = png.with_icc(output, icc)  # the iCCP chunk a care scrub writes
     return Rendered(
-        output=buf.getvalue(), output_format="gif", orientation_applied=False, pages_dropped=0
+        output=output,
+        output_format=input_format,
+        orientation_applied=turned,
+        pages_dropped=0,
     )
 
 
