@@ -98,12 +98,19 @@ def with_png_checksums(data: bytes) -> bytes:
 
 def _in_image_data(out: bytes, at: int) -> bool:
     """Whether offset `at` of a care output lies in image data the scrub copies as it is (a
-    JPEG's entropy-coded data, a GIF's image blocks): text a mutation moved there is pixels
-    to a decoder, and only a new encoding (deidentify) removes it."""
+    JPEG's entropy-coded data, a GIF's image blocks, a PNG's IDAT and fdAT chunks): text a
+    mutation moved there is pixels to a decoder, and only a new encoding (deidentify)
+    removes it."""
     if out.startswith(b"\xff\xd8"):
         return out.rfind(b"\xff\xda", 0, at) >= 0
     if out.startswith(b"GIF8"):
         return out.rfind(b"\x2c", 0, at) >= 0  # after an image descriptor
+    pos = 8
+    while out.startswith(b"\x89PNG") and pos + 12 <= len(out):
+        end = pos + 12 + struct.unpack(">I", out[pos : pos + 4])[0]
+        if pos <= at < end:
+            return out[pos + 4 : pos + 8] in (b"IDAT", b"fdAT")
+        pos = end
     return False
 
 
@@ -120,11 +127,13 @@ def _inflated_metadata(out: bytes) -> bytes:
 
 
 def _leaks(out: bytes, profile: Profile) -> bool:
-    at = out.find(CANARY)
-    if at >= 0 and not (profile is Profile.CARE and _in_image_data(out, at)):
-        return True
-    wide = corpus.canary_forms("CANARY")[1:]  # UTF-16, both byte orders
-    return any(form in out for form in wide) or CANARY in _inflated_metadata(out)
+    for form in corpus.canary_forms("CANARY"):  # UTF-8, UTF-16 in both byte orders
+        at = out.find(form)
+        while at >= 0:
+            if not (profile is Profile.CARE and _in_image_data(out, at)):
+                return True
+            at = out.find(form, at + 1)
+    return CANARY in _inflated_metadata(out)
 
 
 def problems(data: bytes, profile: Profile, tally: dict[str, int] | None = None) -> list[str]:

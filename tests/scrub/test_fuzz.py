@@ -4,11 +4,15 @@ its output. Longer campaigns: `python tests/scrub/scrub_fuzz.py --help`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import scrub_corpus as corpus
 import scrub_fuzz
 
 from clinvault_scrub import Profile
+
+FINDINGS = Path(__file__).parent / "fuzz_findings"
 
 
 @pytest.mark.parametrize(("profile", "runs"), [(Profile.CARE, 600), (Profile.DEIDENTIFY, 40)])
@@ -34,7 +38,20 @@ def test_the_fuzzer_sees_a_leak_and_an_engine_error(monkeypatch: pytest.MonkeyPa
     assert scrub_fuzz._leaks(in_metadata, Profile.CARE)
     assert not scrub_fuzz._leaks(in_image_data, Profile.CARE)
     assert scrub_fuzz._leaks(in_image_data, Profile.DEIDENTIFY)  # a new encoding has none
-    assert scrub_fuzz._leaks(out + "CANARY".encode("utf-16-le"), Profile.CARE)
+    assert scrub_fuzz._leaks(
+        out[:2] + b"\xff\xfe\x00\x0e" + "CANARY".encode("utf-16-le") + out[2:], Profile.CARE
+    )
+    # The findings that made these rules: each scrubbed, its canary only in image data.
+    for name in ("care-jpeg-in-scan-text.bin", "care-png-in-idat-text.bin"):
+        data = (FINDINGS / name).read_bytes()
+        result = scrub_fuzz.scrub(data)
+        assert result.ok
+        assert result.output is not None
+        assert b"CANARY" in result.output
+        assert not scrub_fuzz._leaks(result.output, Profile.CARE)
+        assert not scrub_fuzz._leaks(
+            scrub_fuzz.scrub(data, Profile.DEIDENTIFY).output or b"", Profile.DEIDENTIFY
+        )
 
     def broken(data: bytes, **kw: object) -> jpeg.JpegScrub:
         raise RuntimeError("engine bug")
