@@ -81,18 +81,26 @@ def mutate(data: bytes, rnd: random.Random) -> bytes:
     return bytes(d)
 
 
+_PNG_PIXELS = (b"IDAT", b"fdAT")
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(start, end, type) of each whole chunk of a PNG (none if `data` is not one)."""
+    pos = 8
+    while data.startswith(b"\x89PNG") and pos + 12 <= len(data):
+        end = pos + 12 + struct.unpack(">I", data[pos : pos + 4])[0]
+        if end > len(data):
+            return
+        yield pos, end, data[pos + 4 : pos + 8]
+        pos = end
+
+
 def with_png_checksums(data: bytes) -> bytes:
     """A mutated PNG with its chunk checksums made right again, so that the mutation reaches
     the chunk logic instead of ending at the checksum check."""
     d = bytearray(data)
-    pos = 8
-    while pos + 12 <= len(d):
-        length = struct.unpack(">I", d[pos : pos + 4])[0]
-        end = pos + 12 + length
-        if end > len(d):
-            break
-        d[end - 4 : end] = struct.pack(">I", zlib.crc32(d[pos + 4 : end - 4]))
-        pos = end
+    for start, end, _ in _png_chunks(data):
+        d[end - 4 : end] = struct.pack(">I", zlib.crc32(d[start + 4 : end - 4]))
     return bytes(d)
 
 
@@ -105,25 +113,16 @@ def _in_image_data(out: bytes, at: int) -> bool:
         return out.rfind(b"\xff\xda", 0, at) >= 0
     if out.startswith(b"GIF8"):
         return out.rfind(b"\x2c", 0, at) >= 0  # after an image descriptor
-    pos = 8
-    while out.startswith(b"\x89PNG") and pos + 12 <= len(out):
-        end = pos + 12 + struct.unpack(">I", out[pos : pos + 4])[0]
-        if pos <= at < end:
-            return out[pos + 4 : pos + 8] in (b"IDAT", b"fdAT")
-        pos = end
-    return False
+    return any(start <= at < end and kind in _PNG_PIXELS for start, end, kind in _png_chunks(out))
 
 
 def _inflated_metadata(out: bytes) -> bytes:
     """Every zlib stream in a PNG's chunks other than its pixels (IDAT, fdAT), decompressed."""
-    found = b""
-    pos = 8
-    while out.startswith(b"\x89PNG") and pos + 12 <= len(out):
-        length = struct.unpack(">I", out[pos : pos + 4])[0]
-        if out[pos + 4 : pos + 8] not in (b"IDAT", b"fdAT"):
-            found += corpus.inflate_all(out[:8] + out[pos : pos + 12 + length])
-        pos += 12 + length
-    return found
+    return b"".join(
+        corpus.inflate_all(out[:8] + out[start:end])
+        for start, end, kind in _png_chunks(out)
+        if kind not in _PNG_PIXELS
+    )
 
 
 def _leaks(out: bytes, profile: Profile) -> bool:

@@ -25,13 +25,14 @@ from clinvault_shared.decisions import decide, in_force
 from clinvault_shared.errors import ClinvaultError, Conflict, Forbidden, Gone, NotFound
 from clinvault_shared.runtime import Runtime
 
-# Derivatives are re-encoded by the deidentify profile; the engine says which format it chose.
+# Derivatives are re-encoded by the deidentify profile; the engine says which format it chose
+# (a multi-page TIFF stays one, an animated GIF, WebP or PNG stays an animation of its format).
 OUTPUT_MEDIA_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",
     "webp": "image/webp",
-    "tiff": "image/tiff",  # a multi-page TIFF stays one, every page de-identified
-    "gif": "image/gif",  # so does an animation (GIF, WebP, PNG), every frame de-identified
+    "tiff": "image/tiff",
+    "gif": "image/gif",
 }
 
 

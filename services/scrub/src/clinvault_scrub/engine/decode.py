@@ -360,14 +360,8 @@ def _render_pages(im: Any, frames: int, search: _Search) -> Rendered:
         nonlocal turned
         for index in range(frames):
             im.seek(index)
-            full, icc, tag, orientation = _redacted(im, search, index)
+            page, icc, tag = _displayed(im, search, index)
             turned = turned or tag != 1
-            page = _transpose(full, orientation)
-            if page is full:
-                # Pillow's TIFF encoder writes back a TIFF image's XMP, IPTC and Photoshop
-                # tags: it gets a copy holding pixels only.
-                page = _fresh(full)
-            del full
             yield page, icc
             del page
 
@@ -407,20 +401,12 @@ def _render_animation(im: Any, frames: int, search: _Search, input_format: str) 
     turned = False
     for index in range(frames):
         im.seek(index)
-        im.load()  # a WebP frame has its duration only once loaded
-        info = im.info
-        durations.append(int(info.get("duration") or 0))
-        full, frame_icc, tag, orientation = _redacted(im, search, index)
-        # _redacted gives a frame it did not need to convert an empty info; the APNG reader
-        # keeps filling the original for the next frames.
-        im.info = info
+        frame, frame_icc, tag = _displayed(im, search, index)
+        redacted.append(frame)
+        durations.append(int(im.info.get("duration") or 0))  # a WebP's, once loaded
         icc = icc or frame_icc  # the file's profile: a later frame's info may not repeat it
-        # A frame as displayed (an animated WebP or PNG may carry an EXIF Orientation; the
-        # output keeps no tag), in a fresh image: the next seek() reuses the decoder's.
-        frame = _transpose(full, orientation)
-        redacted.append(_fresh(frame) if frame is full else frame)
         turned = turned or tag != 1
-        del full, frame
+        del frame
     buf = io.BytesIO()
     encoder, options = _ANIMATIONS[input_format]
     kwargs: dict[str, Any] = {"duration": durations, **options}
@@ -438,6 +424,22 @@ def _render_animation(im: Any, frames: int, search: _Search, input_format: str) 
         orientation_applied=turned,
         pages_dropped=0,
     )
+
+
+def _displayed(im: Any, search: _Search, page: int) -> tuple[Any, bytes | None, int]:
+    """A page or frame of a file that holds several, redacted and turned as displayed, in a
+    new image holding pixels only: (pixels, cleaned ICC without its date, Orientation tag).
+
+    The decoder's own image keeps its info: the next seek() reuses it, and an APNG reads its
+    next frame with it. Pillow's TIFF encoder would write back a TIFF page's XMP, IPTC and
+    Photoshop tags, hence the pixels-only copy.
+    """
+    info = im.info
+    full, icc, tag, orientation = _redacted(im, search, page)
+    shown = _transpose(full, orientation)  # before the info is back: a copy takes it along
+    shown = _fresh(shown) if shown is full else shown
+    im.info = info
+    return shown, icc, tag
 
 
 def _redacted(im: Any, search: _Search, page: int) -> tuple[Any, bytes | None, int, int]:

@@ -245,7 +245,7 @@ def _walk(
         raw = src.read(pos, 2 + length)
         if len(raw) != 2 + length:  # the file shrank while it was read
             raise Rejected("truncated JPEG segment")
-        if marker in _TABLES or marker in _SOF or marker == SOS:
+        if marker in _IMAGE:  # (EOI has returned above)
             _check_fills(marker, raw)
         yield Segment(marker, raw, pos)
         pos = end
