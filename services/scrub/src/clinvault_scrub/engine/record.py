@@ -12,14 +12,17 @@ POLICY: dict[str, Any] = {
     "care": {
         "jpeg": (
             "segment rewrite; keep JFIF (no thumbnail), Orientation-only EXIF, cleaned ICC,"
-            " Adobe APP14"
+            " Adobe APP14; image segments must be filled exactly"
         ),
         "png": (
             "chunk whitelist IHDR PLTE IDAT IEND tRNS gAMA cHRM sRGB iCCP(cleaned) sBIT pHYs"
-            " acTL fcTL fdAT"
+            " acTL fcTL fdAT, each of its specified size"
         ),
-        "webp": "VP8 VP8L VP8X ANIM ANMF ALPH ICCP(cleaned) EXIF(Orientation only)",
-        "gif": "image data, graphic control, loop extension",
+        "webp": (
+            "VP8 VP8L VP8X ANIM ANMF(ALPH VP8 VP8L only) ALPH ICCP(cleaned) EXIF(Orientation only)"
+        ),
+        "gif": "image data, graphic control (4 bytes), loop count (rebuilt)",
+        "icc": "colour-carrying tag types only; standard description names kept",
         "tiff": (
             "every page re-encoded LZW as displayed (Orientation applied); structure tags,"
             " cleaned ICC"
@@ -40,8 +43,8 @@ POLICY: dict[str, Any] = {
         "keep_regions": "never covered by automatic redactions; conflicts need review",
         "timestamps": "removed",
         "output": (
-            "re-encoded JPEG q90 (PNG for lossless sources; a multi-page TIFF or an animated"
-            " GIF stays one, every page or frame de-identified, up to 100 frames)"
+            "re-encoded JPEG q90 (PNG for lossless sources; a multi-page TIFF, or an animated"
+            " GIF, WebP or PNG, stays one, every page or frame de-identified, up to 100 frames)"
         ),
     },
 }
