@@ -95,11 +95,11 @@ def test_caller_regions_are_redacted_with_label(astronaut: Image.Image) -> None:
 def test_barcode_is_found_and_redacted() -> None:
     import zxingcpp
 
-    qr = np.asarray(
-        zxingcpp.write_barcode(zxingcpp.BarcodeFormat.QRCode, "MRN0042", width=200, height=200)
-    )
+    code = zxingcpp.create_barcode("MRN0042", zxingcpp.BarcodeFormat.QRCode)
+    qr = Image.fromarray(np.asarray(zxingcpp.write_barcode_to_image(code, scale=8)))
+    assert 150 <= qr.width <= 250  # about the size of a wristband's code in this frame
     canvas = Image.new("RGB", (640, 480), (200, 180, 160))
-    canvas.paste(Image.fromarray(qr).convert("RGB"), (300, 150))
+    canvas.paste(qr.convert("RGB"), (300, 150))
     result = scrub(_jpeg(canvas), Profile.DEIDENTIFY, read_text=False)
     assert result.ok, result.reason
     boxes = [f for f in result.findings if f.kind == "barcode"]
