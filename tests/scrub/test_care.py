@@ -452,3 +452,26 @@ def test_engine_records_compare_and_print_by_every_field() -> None:
     assert "orientation=None" in repr(a)
     c = pickle.loads(pickle.dumps(b))  # noqa: S301 - our own bytes: a process pool does this
     assert c == b
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_png_keeps_orientation_alone(orientation: int, exiftool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A PNG's eXIf Orientation is kept in a minimal eXIf, as for JPEG and WebP: the rest of
+    it (GPS, serials, dates) goes, and the picture is not shown sideways after a care scrub."""
+    buf = io.BytesIO()
+    corpus.photo(64, 40).save(buf, "PNG", exif=corpus.full_exif(orientation, with_thumbnail=False))
+    result = scrub(buf.getvalue())
+    assert result.output is not None, result.reason
+    assert {"png.exif", "exif.gps"} <= set(result.removed)
+    assert result.captured_at is not None
+    shown = Image.open(io.BytesIO(result.output))
+    assert dict(shown.getexif()) == ({} if orientation == 1 else {0x0112: orientation})
+    assert np.array_equal(np.asarray(shown), np.asarray(Image.open(buf)))
+    path = tmp_path / "out.png"
+    path.write_bytes(result.output)
+    tags = exiftool(path)
+    assert [k for k in tags if k.startswith(("IFD0:", "ExifIFD:", "GPS:", "IFD1:"))] == (
+        [] if orientation == 1 else ["IFD0:Orientation"]
+    )
+    assert b"CANARY" not in result.output
+    assert scrub(result.output).removed == []  # a clean output scrubs to itself

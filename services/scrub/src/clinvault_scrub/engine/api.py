@@ -88,8 +88,8 @@ def scrub(
             # A JPEG is decoded from its care output: the same entropy-coded data (pixels are
             # identical) and the Orientation tag, but none of the hostile-input surface or
             # parsing cost of the original metadata (Pillow spends ~15 ms on a phone's EXIF
-            # and MPF). Other formats are decoded from the input (PNG's care output drops the
-            # eXIf orientation; TIFF and HEIF care outputs are re-encodes).
+            # and MPF). Other formats are decoded from the input (TIFF and HEIF care outputs
+            # are re-encodes).
             d = deidentify.run(
                 output if fmt == "jpeg" else data,
                 input_format=fmt,

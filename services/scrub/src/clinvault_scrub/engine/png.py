@@ -33,7 +33,7 @@ _MAX_CHUNKS = 1_000_000
 
 
 class PngScrub(ContainerScrub):
-    __slots__ = ("orientation",)  # from eXIf, which the decoder applies and care drops
+    __slots__ = ("orientation",)  # from eXIf; kept alone in a minimal eXIf
 
     def __init__(self, output: bytes) -> None:
         super().__init__(output)
@@ -130,14 +130,20 @@ def scrub_care(data: bytes, *, max_pixels: int, max_frames: int) -> PngScrub:
             if ctype == b"eXIf":
                 try:
                     got = exif_mod.read_exif(bytes(body))
+                except (ValueError, struct.error):
+                    removed.append("exif.unreadable")
+                else:
                     result.captured_at = got.captured_at
-                    result.orientation = got.orientation
+                    # Orientation stays, alone in a minimal eXIf (as for JPEG and WebP); one
+                    # already in that form is what a care scrub writes and is not reported.
+                    if got.orientation not in (None, 1):
+                        result.orientation = got.orientation
+                    if exif_mod.is_minimal(bytes(body)):
+                        name = ""
                     for cat in sorted(got.categories):
                         if cat not in removed:
                             removed.append(cat)
-                except (ValueError, struct.error):
-                    removed.append("exif.unreadable")
-            if name not in removed:
+            if name and name not in removed:
                 removed.append(name)
         pos = end
         if ctype == b"IEND":
@@ -147,5 +153,7 @@ def scrub_care(data: bytes, *, max_pixels: int, max_frames: int) -> PngScrub:
         raise Rejected("truncated PNG: no end chunk")
     if pos < len(data):
         removed.append("trailer")
+    if result.orientation is not None:  # right after IHDR: before the image data, as is usual
+        out.insert(2, _chunk(b"eXIf", exif_mod.minimal_exif(result.orientation)))
     result.output = b"".join(out)
     return result

@@ -16,7 +16,7 @@ POLICY: dict[str, Any] = {
         ),
         "png": (
             "chunk whitelist IHDR PLTE IDAT IEND tRNS gAMA cHRM sRGB iCCP(cleaned) sBIT pHYs"
-            " acTL fcTL fdAT, each of its specified size"
+            " acTL fcTL fdAT, each of its specified size; eXIf(Orientation only)"
         ),
         "webp": (
             "VP8 VP8L VP8X ANIM ANMF(ALPH VP8 VP8L only) ALPH ICCP(cleaned) EXIF(Orientation only)"
