@@ -439,3 +439,91 @@ def test_scan_counts_data_it_cannot_read(tmp_path: Path) -> None:
         assert flagged["status"] == "at_risk"
         assert flagged["risks"]["other_metadata"] == 1
         assert sum(flagged["risks"].values()) == 1
+
+
+def test_scan_reports_what_it_cannot_read_and_never_blocks(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    """A named pipe in an archive is reported, not opened for ever; a JPEG cut short still
+    shows what its header holds; a file name that is not UTF-8 does not break the report."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    leaky = corpus.leaky_jpeg()
+    (folder / "cut.jpg").write_bytes(leaky[: _first_scan(leaky) + 300])  # cut in its image data
+    odd_name = os.fsdecode(b"odd\xffname.jpg")
+    (folder / odd_name).write_bytes(corpus.leaky_jpeg())
+    report_json, report_html = tmp_path / "r.json", tmp_path / "r.html"
+    proc = subprocess.run(
+        [CLINVAULT, "scan", str(folder), "--json", str(report_json), "--html", str(report_html)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    files = {f["path"]: f for f in json.loads(report_json.read_text())["files"]}
+    assert files["pipe.jpg"]["status"] == "unreadable"
+    assert files["pipe.jpg"]["reason"] == "not a regular file"
+    cut = files["cut.jpg"]
+    assert cut["status"] == "unreadable"
+    assert cut["risks"]["gps"], cut
+    assert cut["risks"]["device_serials"], cut
+    assert files[odd_name]["status"] == "at_risk"
+    assert r"odd\udcffname.jpg" in report_html.read_text(encoding="utf-8")
+    for entry in files.values():  # one shape for every entry
+        assert {"path", "format", "status", "reason", "risks", "review"} <= set(entry)
+
+
+def _first_scan(jpeg: bytes) -> int:
+    """Offset of the image's first SOS segment (not one inside an embedded thumbnail)."""
+    pos = 2
+    while jpeg[pos + 1] != 0xDA:
+        pos += 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+    return pos
+
+
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_scan_refuses_a_report_path_it_cannot_write_before_scanning(
+    app: typer.Typer, inputs: dict[str, Path], tmp_path: Path, option: str
+) -> None:
+    for bad in (tmp_path / "missing" / "r.out", tmp_path):  # no such folder; a folder
+        result = runner.invoke(app, ["scan", str(inputs["photo.jpg"].parent), option, str(bad)])
+        assert result.exit_code == 2, result.output
+        assert "cannot write the report" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_scan_is_not_clean_when_text_recognition_did_not_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from clinvault_scrub.engine import ocr
+    from clinvault_scrub.engine.scan import scan_bytes
+
+    buf = io.BytesIO()
+    corpus.photo(64, 48).save(buf, "JPEG")
+    assert scan_bytes(buf.getvalue())["status"] == "clean"
+    monkeypatch.setattr(ocr, "TESSERACT", "tesseract-not-installed")
+    report = scan_bytes(buf.getvalue())
+    assert report["status"] == "unchecked", report
+    assert "text recognition not available" in " ".join(report["review"])
+
+
+def test_scrub_rejects_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    """A named pipe would block the open for ever, a device would be read without end (the
+    size limit is checked against a size of 0): both are refused before any read."""
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    proc = subprocess.run(
+        [CLINVAULT, "scrub", str(pipe), "/dev/zero", "--out", str(tmp_path / "out"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["status"], r["reason"]) for r in lines] == [("rejected", "not a regular file")] * 2

@@ -10,11 +10,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from clinvault_scrub.batch import parse_region, run_many, run_scrub, walk
+from clinvault_scrub.engine.model import io_failure
 
 __all__ = ["parse_region", "register", "run_scrub"]
 
@@ -27,18 +28,17 @@ def scrub_command(ctx: typer.Context) -> None:
 
 
 def _scan_one(args: tuple[str, str]) -> dict[str, Any]:
-    from clinvault_scrub.engine.scan import scan_bytes
+    from clinvault_scrub.engine.api import read_input
+    from clinvault_scrub.engine.model import Rejected
+    from clinvault_scrub.engine.scan import scan_bytes, unreadable
 
     path, root = args
     try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return {
-            "path": os.path.relpath(path, root),
-            "status": "unreadable",
-            "reason": "cannot read",
-        }
-    report = scan_bytes(data)
+        report = scan_bytes(read_input(path))
+    except OSError as exc:
+        report = unreadable("unreadable", "", io_failure("read", exc))
+    except Rejected as exc:  # not a regular file, too large
+        report = unreadable("unreadable", "", str(exc))
     report["path"] = os.path.relpath(path, root)
     return report
 
@@ -83,20 +83,40 @@ def _html(files: list[dict[str, Any]], totals: dict[str, int], summary: dict[str
     )
 
 
+def _report_file(path: Path | None, option: str) -> TextIO | None:
+    """The report file, opened before the scan (which may take minutes) so that a path that
+    cannot be written is a usage error at once. A file name that is not UTF-8 is written
+    with its odd bytes as escapes."""
+    if path is None:
+        return None
+    try:
+        return path.open("w", encoding="utf-8", errors="backslashreplace")
+    except OSError as exc:
+        raise typer.BadParameter(io_failure("write the report", exc), param_hint=option) from None
+
+
 def scan_command(
-    directory: Annotated[Path, typer.Argument(help="archive folder to scan")],
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="folder to scan (subfolders too)")
+    ],
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="write the report as JSON")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="write the full report as JSON"),
     ] = None,
     html_file: Annotated[
-        Path | None, typer.Option("--html", help="write the report as HTML")
+        Path | None,
+        typer.Option(
+            "--html", metavar="FILE", help="write the report as an HTML table (no pictures)"
+        ),
     ] = None,
 ) -> None:
-    """Report what identifies patients in an archive of photos (per file and in total)."""
+    """Report what identifies patients in a folder of photos (see SCAN_HELP)."""
     from clinvault_scrub.engine.scan import CATEGORIES
 
     if not directory.is_dir():
         raise typer.BadParameter("not a directory", param_hint="DIR")
+    json_out = _report_file(json_file, "--json")
+    html_out = _report_file(html_file, "--html")
     jobs = [(path, str(directory)) for path in walk(str(directory))]
     # A scan runs the face, barcode and text detectors: a process per core pays from 2 files.
     files = list(run_many(_scan_one, jobs, "scan", min_per_worker=1)) if jobs else []
@@ -111,14 +131,30 @@ def scan_command(
         "totals": totals,
     }
     report = {"summary": summary, "files": files}
-    if json_file:
-        json_file.write_text(json.dumps(report, indent=2, sort_keys=True))
-    if html_file:
-        html_file.write_text(_html(files, totals, summary))
+    if json_out:
+        with json_out:
+            json_out.write(json.dumps(report, indent=2, sort_keys=True))
+    if html_out:
+        with html_out:
+            html_out.write(_html(files, totals, summary))
     typer.echo(_summary_line(summary))
     for cat in CATEGORIES:
         if totals[cat]:
             typer.echo(f"  {cat}: {_count(totals[cat], 'file')}")
+
+
+# Typer keeps a docstring's line breaks in its help; paragraphs written out reflow.
+SCAN_HELP = "\n\n".join(
+    [
+        "Report what identifies patients in a folder of photos, per file and in total.",
+        "Reads every file under DIR and changes none. Counts GPS positions, timestamps, "
+        "device serials, names and free text, thumbnails, extra images, data after the image "
+        "and other metadata, and searches the pixels for faces, burned-in text and barcodes.",
+        "Each file is at_risk (something found), clean (searched, nothing found), unchecked "
+        "(nothing found, but a detector could not run or the pixels could not be searched), "
+        "unreadable, or not_an_image. Prints a summary. Exit 0, or 2 for a usage error.",
+    ]
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -129,7 +165,7 @@ def register(app: typer.Typer) -> None:
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
         add_help_option=False,  # argparse prints the help, with every option
     )(scrub_command)
-    app.command("scan")(scan_command)
+    app.command("scan", help=SCAN_HELP)(scan_command)
 
 
 def main() -> None:

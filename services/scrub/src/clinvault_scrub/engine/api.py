@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
+import stat
 from collections.abc import Sequence
 
 from clinvault_scrub.engine import containers, jpeg, png, record, verify
@@ -153,6 +155,40 @@ def _finish(result: ScrubResult, profile: Profile, checks: list[str]) -> ScrubRe
 _partial_serial = itertools.count()  # next() on it is atomic under the GIL
 
 
+def open_input(path: str, limits: Limits = _DEFAULT_LIMITS) -> tuple[int, int]:
+    """(descriptor, size) of the regular file `path`, opened for reading. Raises OSError, or
+    Rejected for anything but a regular file (a named pipe would block the open or the read
+    for ever, a device would be read without end) and for a file over the size limit."""
+    # O_NONBLOCK: opening a named pipe waits for a writer; with it, the open returns at once.
+    # It changes nothing for a regular file, whose reads never block.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):  # as reading it would say
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected("not a regular file")
+        if st.st_size > limits.max_bytes:  # before reading it
+            raise Rejected("file exceeds the size limit")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_input(path: str, limits: Limits = _DEFAULT_LIMITS) -> bytes:
+    """The bytes of the regular file `path` (see open_input). Raises OSError or Rejected."""
+    fd, _ = open_input(path, limits)
+    try:
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limits.max_bytes + 1)  # a file that grew since: cut off, then refused
+    finally:
+        os.close(fd)
+    if len(data) > limits.max_bytes:
+        raise Rejected("file exceeds the size limit")
+    return data
+
+
 def scrub_file(
     source: str,
     target: str,
@@ -174,21 +210,20 @@ def scrub_file(
     partial = os.path.join(directory, f".{name}.{os.getpid()}.{next(_partial_serial)}.partial")
     result = ScrubResult(status=Status.REJECTED)
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        fd, size = open_input(source, limits)
     except OSError as exc:
         result.reason = io_failure("read input", exc)
         return _finish(result, profile, [])
+    except Rejected as exc:
+        result.reason = str(exc)
+        return _finish(result, profile, [])
     try:
         try:
-            size = os.fstat(fd).st_size
-            if size > limits.max_bytes:  # before reading it
-                result.reason = "file exceeds the size limit"
-                return _finish(result, profile, [])
             head = os.pread(fd, SNIFF_BYTES, 0)
             if profile is Profile.CARE and sniff_format(head) == "jpeg":
                 return _stream_care_jpeg(fd, size, partial, target, limits)
             with open(fd, "rb", closefd=False) as f:
-                data = f.read()
+                data = f.read(limits.max_bytes + 1)  # it may have grown since it was measured
         except OSError as exc:
             result.reason = io_failure("read input", exc)
             return _finish(result, profile, [])

@@ -541,6 +541,20 @@ def _care(src: _Source, out: _Output, *, max_pixels: int, keep_orientation: bool
     )
 
 
+def metadata_before_image(data: bytes) -> list[str]:
+    """What the metadata segments before the first scan hold, as a care scrub names it, read
+    as far as the file can be read: for a report on a JPEG that cannot be scrubbed (truncated,
+    over the pixel limit), whose header still says what identifies the patient."""
+    meta = _Metadata()
+    with contextlib.suppress(Rejected):
+        for seg in _walk(_Memory(data)):
+            if seg.marker == SOS:
+                break
+            if seg.marker != SOI and seg.marker not in _IMAGE:
+                meta.take(seg.marker, bytes(seg.payload))
+    return meta.removed + sorted(meta.exif.categories)
+
+
 def scrub_care(data: bytes, *, max_pixels: int, keep_orientation: bool = True) -> JpegScrub:
     """Segment rewrite of a JPEG in memory: pixels untouched. Raises Rejected."""
     out = _Parts()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clinvault_scrub.engine import jpeg
 from clinvault_scrub.engine.api import scrub
 from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
 from clinvault_scrub.engine.model import Limits, Profile
@@ -77,6 +78,25 @@ def _category(removed: str) -> str | None:
     return None
 
 
+def _count_removed(removed: list[str], risks: dict[str, int]) -> None:
+    for name in removed:
+        cat = _category(name)
+        if cat:
+            risks[cat] = 1
+
+
+def unreadable(status: str, fmt: str, reason: str = "") -> dict[str, Any]:
+    """The report of a file whose pixels were not searched: not an image, or not readable;
+    the same keys as any other report, every risk at 0 until counted."""
+    return {
+        "format": fmt,
+        "status": status,
+        "reason": reason,
+        "risks": dict.fromkeys(CATEGORIES, 0),
+        "review": [],
+    }
+
+
 def scan_bytes(
     data: bytes, *, detectors: bool = True, limits: Limits | None = None
 ) -> dict[str, Any]:
@@ -89,19 +109,14 @@ def scan_bytes(
     fmt = sniff_format(data[:SNIFF_BYTES])
     risks = dict.fromkeys(CATEGORIES, 0)
     if fmt is None:
-        return {
-            "format": describe_format(data[:SNIFF_BYTES]),
-            "status": "not_an_image",
-            "reason": "",
-            "risks": risks,
-        }
+        return unreadable("not_an_image", describe_format(data[:SNIFF_BYTES]))
     care = scrub(data, Profile.CARE, limits=limits)
     if not care.ok:
-        return {"format": fmt, "status": "unreadable", "reason": care.reason, "risks": risks}
-    for name in care.removed:
-        cat = _category(name)
-        if cat:
-            risks[cat] = 1
+        report = unreadable("unreadable", fmt, care.reason)
+        if fmt == "jpeg":  # its header can still say what identifies the patient
+            _count_removed(jpeg.metadata_before_image(data), report["risks"])
+        return report
+    _count_removed(care.removed, risks)
     if care.captured_at is not None:
         risks["timestamps"] = 1
     review: list[str] = []
@@ -120,6 +135,8 @@ def scan_bytes(
                 risks["text"] += 1
             elif finding.kind == "barcode":
                 risks["barcodes"] += 1
+            elif finding.kind == "detector_unavailable":
+                searched = False  # a detector that did not run found nothing: not clean
         review += deid.review_reasons
     status = "at_risk" if any(risks.values()) else "clean" if searched else "unchecked"
     return {
