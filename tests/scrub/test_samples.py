@@ -86,3 +86,19 @@ def test_sample_deidentified_or_rejected_with_reason(path: Path, exiftool, tmp_p
     assert not [k for k in tags if k.startswith("IFD0:") and k != "IFD0:Orientation"]
     dates = {k: v for k, v in tags.items() if "Date" in k and not k.startswith("System:")}
     assert all(v == "0000:00:00 00:00:00" for v in dates.values()), dates
+
+
+def test_a_coloured_caption_on_a_real_photo_is_read_and_covered() -> None:
+    """A magenta caption on a photo: tesseract given the colour picture read nothing, the
+    grey copy it is now given reads the words, and they are covered."""
+    path = SAMPLES / "jpg" / "invalid" / "image00971.jpg"
+    if not path.is_file():
+        pytest.skip(f"sample {path.name} not present")
+    result = scrub(path.read_bytes(), Profile.DEIDENTIFY)
+    assert result.ok, result.reason
+    text = [f for f in result.findings if f.kind == "text"]
+    assert len(text) >= 4, text  # "Qualität zahlt sich für Sie aus." over two lines
+    assert all(f.redacted for f in text)
+    shown = np.asarray(Image.open(io.BytesIO(result.output or b"")).convert("L"))
+    x1, y1, x2, y2 = text[0].box or (0, 0, 0, 0)
+    assert shown[y1 + 3 : y2 - 3, x1 + 3 : x2 - 3].max() < 40  # filled black

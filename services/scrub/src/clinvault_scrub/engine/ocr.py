@@ -32,14 +32,18 @@ def available() -> bool:
 
 
 def read_words(rgb: np.ndarray) -> list[Word]:
-    """Words tesseract sees in an RGB array (sparse-text mode: text anywhere in a photo)."""
+    """Words tesseract sees in an RGB array, read as grey (sparse-text mode: text anywhere in
+    a photo)."""
     from PIL import Image
 
     exe = shutil.which(TESSERACT)
     if exe is None:
         raise OcrUnavailable("tesseract not installed")
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG", compress_level=1)
+    # Luminance, as most OCR pipelines read: given colour, tesseract thresholds each channel
+    # its own way and can lose coloured text on a coloured ground (a magenta caption on a
+    # photo was read as nothing, its grey copy as the caption).
+    Image.fromarray(rgb).convert("L").save(buf, "PNG", compress_level=1)
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     try:
         proc = subprocess.run(  # noqa: S603 - fixed argv, image on stdin
