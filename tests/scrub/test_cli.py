@@ -527,3 +527,91 @@ def test_scrub_rejects_what_is_not_a_regular_file(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["status"], r["reason"]) for r in lines] == [("rejected", "not a regular file")] * 2
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLINVAULT, "scrub", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_scrub_never_writes_over_its_inputs(inputs: dict[str, Path]) -> None:
+    """`--out` naming the inputs' own folder would replace each original by its scrubbed copy
+    (and its capture metadata with it): a usage error, and the originals stay as they were."""
+    folder = inputs["photo.jpg"].parent
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for args in ([str(folder)], [str(inputs["photo.jpg"]), str(inputs["scan.png"])]):
+        proc = _run(*args, "--out", str(folder / ".." / folder.name))
+        assert proc.returncode == 2, proc.stderr
+        assert "would replace the originals" in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_usage_errors_say_what_is_wrong(inputs: dict[str, Path], tmp_path: Path) -> None:
+    photo = str(inputs["photo.jpg"])
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        ("--out", str(tmp_path / "afile")): "a file of that name exists",
+        ("--out", str(tmp_path / "o"), "--profile", "deidentify", "--redact", "-10,5,20,20"): (
+            "--redact: region needs x,y >= 0"
+        ),
+    }
+    for args, message in cases.items():
+        proc = _run(photo, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _run(str(empty), "--out", str(tmp_path / "o"))
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert "no files in the given folders" in proc.stderr
+
+
+def test_plain_output_keeps_one_line_per_input(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "two\nlines.jpg").write_bytes(corpus.leaky_jpeg())
+    (folder / os.fsdecode(b"odd\xff.jpg")).write_bytes(corpus.leaky_jpeg())
+    proc = _run(str(folder), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    assert any("two\\nlines.jpg" in line for line in lines)
+    assert any("odd\\udcff.jpg" in line for line in lines)
+
+
+def test_on_a_terminal_result_lines_are_printed_above_the_progress_bar(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # rows, columns
+    folder = inputs["photo.jpg"].parent
+    proc = subprocess.Popen(
+        [CLINVAULT, "scrub", str(folder), "--out", str(tmp_path / "out")],
+        stdin=sub,
+        stdout=sub,
+        stderr=sub,
+    )
+    os.close(sub)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.wait(timeout=60) == 1  # two of the four inputs are not images
+    text = seen.decode("utf-8", "replace")
+    assert "scrub: 100%" in text  # the bar was drawn
+    starts = [i for i in range(len(text)) if text.startswith(("scrubbed ", "rejected "), i)]
+    assert len(starts) == 4
+    for i in starts:  # each line begins a line of its own, never after the bar's text
+        assert i == 0 or text[i - 1] in "\r\n", repr(text[max(0, i - 40) : i + 10])

@@ -126,6 +126,14 @@ def _expand(inputs: list[str], out_dir: str) -> list[tuple[str, str]]:
     return found
 
 
+def _same_folder(path: str, target: str) -> bool:
+    """True if `target` would land in the folder `path` is in (under the same name or not)."""
+    try:
+        return os.path.samefile(os.path.dirname(path) or ".", os.path.dirname(target) or ".")
+    except OSError:  # a folder that does not exist yet is not the input's
+        return False
+
+
 def _output_paths(names: list[str], out_dir: str) -> list[str]:
     """One output per input name, inside `out_dir`; names that would collide (IMG_0001.jpg from
     two phone folders) get -2, -3... after the name instead of overwriting each other.
@@ -244,7 +252,14 @@ def _scrub_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clinvault scrub",
         formatter_class=_HelpFormatter,
-        description="Scrub images: metadata removed (care) or de-identified (deidentify).",
+        description="Scrub images: metadata removed (care) or de-identified (deidentify). "
+        "Each input is written to DIR under its own name (the extension of its output format; "
+        "names that collide get -2, -3...); a rejected input is not written, and the reason "
+        "is printed. The inputs are never changed.",
+        epilog="Exit status: 0 every input scrubbed, 1 some input rejected, 2 usage error. "
+        "With --json each line holds input, output (null if rejected), status (scrubbed or "
+        "rejected), reason, removed, faces_redacted, needs_review, captured_at, findings "
+        "and the de-identification record.",
     )
     parser.add_argument(
         "inputs",
@@ -253,13 +268,23 @@ def _scrub_parser() -> argparse.ArgumentParser:
         help="image files to scrub, or folders (every file in them, subfolders kept)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--profile", choices=[p.value for p in Profile], default=Profile.CARE.value)
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default=Profile.CARE.value,
+        help="care (the default): for treatment; every identifying byte of metadata removed, "
+        "the picture kept exactly. deidentify: for use beyond care (teaching, research, "
+        "publication); also timestamps removed and faces, barcodes, burned-in text and the "
+        "--redact regions covered, the image re-encoded",
+    )
     parser.add_argument(
         "--redact",
         action="append",
         default=[],
         metavar="X,Y,W,H[:LABEL]",
-        help="region to redact, in displayed-image pixels (deidentify only; repeatable)",
+        help="a region to cover: left, top, width and height in pixels of the image as it is "
+        "displayed (turned upright), with an optional label such as tattoo (deidentify only; "
+        "repeatable)",
     )
     parser.add_argument(
         "--json", dest="as_json", action="store_true", help="one JSON object per input per line"
@@ -288,10 +313,38 @@ def _keep_freed_buffers() -> None:
         pass
 
 
+def _attached_redact_values(argv: list[str]) -> list[str]:
+    """`--redact -10,5,20,20` as `--redact=-10,5,20,20`: argparse takes a value that starts
+    with "-" for an option and says only that --redact needs an argument; attached, the value
+    reaches parse_region, which says what is wrong with it."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--redact":
+            value = next(args, None)
+            if value is not None and value.startswith("-") and value[1:2].isdigit():
+                out.append(f"--redact={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
+def _shown(path: str) -> str:
+    """A file name as the plain-text output prints it: one line, whatever the name holds (a
+    newline, or bytes that are not UTF-8, would break the line or the terminal's encoding)."""
+    if path.isprintable():
+        return path
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
 def run_scrub(argv: list[str]) -> int:
     """`clinvault scrub` without Typer: parse argv, scrub, print one line per input; exit code."""
     parser = _scrub_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attached_redact_values(argv))
     profile = Profile(args.profile)
     try:
         regions = [parse_region(r) for r in args.redact]
@@ -300,12 +353,22 @@ def run_scrub(argv: list[str]) -> int:
     if regions and profile is not Profile.DEIDENTIFY:
         parser.error("--redact needs --profile deidentify")
     out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        parser.error("--out: a file of that name exists; give a directory")
     try:
         os.makedirs(out, exist_ok=True)
-    except OSError:
-        parser.error("--out: cannot create the output directory")
+    except OSError as exc:
+        parser.error(f"--out: cannot create the output directory ({exc.strerror or 'error'})")
     found = _expand([str(p) for p in args.inputs], str(out))
+    if not found:
+        sys.stderr.write("clinvault scrub: no files in the given folders\n")
     targets = _output_paths([name for _, name in found], str(out))
+    for (path, _), target in zip(found, targets, strict=True):
+        if _same_folder(path, target):
+            parser.error(
+                "--out: the output directory holds the inputs themselves; their scrubbed "
+                "copies would replace the originals (choose another directory)"
+            )
     try:
         for folder in {os.path.dirname(t) for t in targets}:  # a folder's subfolders
             os.makedirs(folder, exist_ok=True)
@@ -321,15 +384,30 @@ def run_scrub(argv: list[str]) -> int:
     # which leave the GIL: threads, worth it from a handful of files.
     per_worker = _MIN_CARE_FILES_PER_THREAD if care else 1
     rejected = 0
-    write = sys.stdout.write
+    write = _line_writer()
     for line in run_many(_scrub_one, jobs, "scrub", min_per_worker=per_worker, threads=care):
         if line["status"] != "scrubbed":
             rejected += 1
         if args.as_json:
             write(json.dumps(line, sort_keys=True) + "\n")
         elif line["status"] == "scrubbed":
-            write(f"scrubbed {line['input']} -> {line['output']}\n")
+            write(f"scrubbed {_shown(line['input'])} -> {_shown(line['output'])}\n")
         else:
-            write(f"rejected {line['input']}: {line['reason']}\n")
+            write(f"rejected {_shown(line['input'])}: {line['reason']}\n")
     sys.stdout.flush()
     return 1 if rejected else 0
+
+
+def _line_writer() -> Any:
+    """sys.stdout.write, or, when the lines and the progress bar share a terminal, a writer
+    that lifts the bar, prints the line above it and puts the bar back."""
+    if not (sys.stderr.isatty() and sys.stdout.isatty()):
+        return sys.stdout.write
+    from tqdm import tqdm
+
+    def write(text: str) -> None:
+        with tqdm.external_write_mode(file=sys.stdout):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    return write
