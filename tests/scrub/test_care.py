@@ -331,7 +331,7 @@ def test_a_rotated_tiff_is_shown_as_before_never_turned_twice(
     out = Image.open(io.BytesIO(result.output))
     assert 0x0112 not in out.getexif()
     assert np.array_equal(shown_in, np.asarray(out.convert("RGB")))
-    assert ("orientation (applied to pixels)" in result.removed) == (orientation != 1)
+    assert result.removed.count("orientation (applied to pixels)") == (orientation != 1)
 
 
 @pytest.mark.parametrize(
@@ -475,3 +475,22 @@ def test_png_keeps_orientation_alone(orientation: int, exiftool, tmp_path: Path)
     )
     assert b"CANARY" not in result.output
     assert scrub(result.output).removed == []  # a clean output scrubs to itself
+
+
+def test_a_dng_raw_file_is_refused_not_scrubbed_as_its_preview() -> None:
+    from PIL import TiffImagePlugin
+
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[50706] = bytes([1, 4, 0, 0])  # DNGVersion
+    info.tagtype[50706] = 1
+    buf = io.BytesIO()
+    corpus.photo(64, 48).save(buf, "TIFF", tiffinfo=info)
+    for profile in (Profile.CARE, Profile.DEIDENTIFY):
+        result = scrub(buf.getvalue(), profile)
+        assert (result.status.value, result.reason) == (
+            "rejected",
+            "unsupported file type: Adobe DNG (RAW)",
+        )
+    plain = io.BytesIO()
+    corpus.photo(64, 48).save(plain, "TIFF")
+    assert scrub(plain.getvalue()).ok  # a TIFF without the tag is scrubbed

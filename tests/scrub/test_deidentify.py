@@ -368,3 +368,42 @@ def test_output_is_re_encoded_even_with_nothing_to_fill() -> None:
     assert result.record["reencoded"] is True
     assert result.output is not None
     assert hidden not in result.output
+
+
+def test_a_caller_region_outside_the_image_is_flagged_not_dropped_silently() -> None:
+    photo = corpus.photo(120, 80)
+    result = scrub(
+        _jpeg(photo),
+        Profile.DEIDENTIFY,
+        redactions=[Region(5000, 5000, 100, 100, "tattoo"), Region(100, 60, 50, 50, "scar")],
+        detect_faces=False,
+        read_text=False,
+    )
+    assert result.ok, result.reason
+    outside, clipped = (f for f in result.findings if f.kind == "region")
+    assert (outside.box, outside.redacted, outside.note) == (
+        (5000, 5000, 5100, 5100),
+        False,
+        "outside the image",
+    )
+    assert (clipped.box, clipped.redacted) == ((100, 60, 120, 80), True)  # cut to the image
+    assert "a caller region lies outside the image" in result.review_reasons
+    assert result.needs_review
+
+
+def test_the_record_names_only_the_searches_that_ran() -> None:
+    data = _jpeg(corpus.photo(64, 48))
+    ran = scrub(data, Profile.DEIDENTIFY).record["checks"]
+    assert {"faces", "caller_regions", "barcodes", "ocr"} <= set(ran)
+    skipped = scrub(data, Profile.DEIDENTIFY, detect_faces=False, read_text=False)
+    assert "faces" not in skipped.record["checks"]
+    assert "ocr" not in skipped.record["checks"]
+    assert {"caller_regions", "barcodes"} <= set(skipped.record["checks"])
+
+
+def test_timestamps_are_reported_removed_only_when_there_were_some() -> None:
+    plain = scrub(_jpeg(corpus.photo(64, 48)), Profile.DEIDENTIFY, read_text=False)
+    assert plain.ok, plain.reason
+    assert "timestamps" not in plain.removed
+    dated = _jpeg(corpus.photo(64, 48), exif=corpus.full_exif(1, with_thumbnail=False))
+    assert "timestamps" in scrub(dated, Profile.DEIDENTIFY, read_text=False).removed

@@ -7,9 +7,11 @@ import errno
 import itertools
 import os
 import stat
+import struct
 from collections.abc import Sequence
 
 from clinvault_scrub.engine import containers, jpeg, png, record, verify
+from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
 from clinvault_scrub.engine.model import (
     Hints,
@@ -23,8 +25,26 @@ from clinvault_scrub.engine.model import (
 )
 
 _DEFAULT_LIMITS = Limits()
+_DNG_VERSION = 50706  # the TIFF tag that makes a file a DNG
+# A deidentify record's checks, each with the detector label that reports it unavailable.
+_SEARCHES = (("faces", "faces"), ("caller_regions", ""), ("barcodes", "barcodes"), ("ocr", "text"))
+# Care-scrub names of removed timestamps (a deidentify scrub reports them as "timestamps").
+_TIMESTAMPS = {"exif.timestamps", "png.time"}
+
+
+def _note(removed: list[str], name: str) -> None:
+    if name not in removed:
+        removed.append(name)
+
+
 # What the fail-closed check of every output proves (verify.check), as the record names it.
 _OUTPUT_CHECKS = ("reparse", "metadata_whitelist", "single_image", "no_trailer")
+
+
+def _is_dng(data: bytes) -> bool:
+    with contextlib.suppress(ValueError, struct.error):  # unreadable tags: the decoder decides
+        return _DNG_VERSION in exif_mod.read_exif(data).tags
+    return False
 
 
 def _care(
@@ -44,6 +64,10 @@ def _care(
         c = fn(data, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
+    if fmt == "tiff" and _is_dng(data):
+        # A RAW file in a TIFF container: its first image is a small preview and the photo
+        # itself is in sub-images; scrubbed as a TIFF, the preview would pass for the photo.
+        raise Rejected("unsupported file type: Adobe DNG (RAW)")
     # Only TIFF and HEIF decode on a care scrub: the sandbox loads when they come.
     from clinvault_scrub.engine.decode import recode_heif, recode_tiff
     from clinvault_scrub.engine.sandbox import run_limited
@@ -105,17 +129,20 @@ def scrub(
             output, out_fmt = d.output, d.output_format
             jpeg_runs = {}  # a new encoding: every byte is searched
             result.reencoded = True
+            if result.captured_at is not None or _TIMESTAMPS & set(result.removed):
+                _note(result.removed, "timestamps")  # not even the capture time is reported
             result.captured_at = None
-            result.removed.append("timestamps")
             if d.orientation_applied:
-                result.removed.append("orientation (applied to pixels)")
+                _note(result.removed, "orientation (applied to pixels)")
             if d.pages_dropped:
-                result.removed.append("extra frames/pages")
+                _note(result.removed, "extra frames/pages")
             result.findings = d.findings
             result.faces_redacted = d.faces_redacted
             result.review_reasons = d.review_reasons
             result.needs_review = bool(d.review_reasons)
-            checks += ["faces", "caller_regions", "barcodes", "ocr"]
+            # The record names the searches that ran, not those whose detector was missing.
+            missing = {f.label for f in d.findings if f.kind == "detector_unavailable"}
+            checks += [check for check, label in _SEARCHES if label not in missing]
         problems = verify.check(
             output,
             out_fmt,

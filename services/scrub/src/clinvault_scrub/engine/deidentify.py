@@ -158,11 +158,16 @@ def _plan(
         fills.extend(pieces)
         return True
 
-    # Caller regions (displayed-image coordinates).
+    # Caller regions (displayed-image coordinates), cut to the image.
     for r in redactions:
         box = _clip(r.as_box(), w, h)
-        done = fill(box, automatic=False)
-        out.findings.append(Finding("region", box, label=r.label, redacted=done))
+        if fill(box, automatic=False):
+            out.findings.append(Finding("region", box, label=r.label, redacted=True))
+        else:  # nothing of it is in the image: the caller meant another picture, or a typo
+            out.findings.append(
+                Finding("region", r.as_box(), label=r.label, note="outside the image")
+            )
+            review("a caller region lies outside the image")
 
     # Faces on a small copy (long side DET_SIDE) of the decoder's reduced copy, boxes scaled up.
     reduced = np.frombuffer(view.det_pixels, dtype=np.uint8).reshape(
