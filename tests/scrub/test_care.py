@@ -87,12 +87,18 @@ def test_exiftool_sees_no_metadata(
 
 
 @pytest.mark.parametrize(
-    "kind", ["jpeg", "jpeg-progressive", "jpeg-cmyk", "png", "webp", "gif", "tiff"]
+    "kind", ["jpeg", "jpeg-progressive", "jpeg-cmyk", "png", "webp", "gif", "tiff", "heif"]
 )
 def test_pixels_identical(kind: str) -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
     data = LEAKY[kind]()
-    out = scrub(data).output
+    result = scrub(data)
+    out = result.output
     assert out is not None
+    # HEIF by a container rewrite now (the coded image copied), TIFF by a lossless re-encode.
+    assert result.reencoded == (kind == "tiff")
     a, b = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(out))
     for frame in range(getattr(a, "n_frames", 1)):
         a.seek(frame)
@@ -494,3 +500,19 @@ def test_a_dng_raw_file_is_refused_not_scrubbed_as_its_preview() -> None:
     plain = io.BytesIO()
     corpus.photo(64, 48).save(plain, "TIFF")
     assert scrub(plain.getvalue()).ok  # a TIFF without the tag is scrubbed
+
+
+def test_heif_the_rewrite_does_not_handle_is_re_encoded_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from clinvault_scrub.engine import heif
+
+    def unsupported(data: bytes, *, max_pixels: int) -> None:
+        raise heif.HeifUnsupported(heif.SEI)
+
+    monkeypatch.setattr(heif, "scrub_heif", unsupported)
+    result = scrub(corpus.leaky_heif())
+    assert result.ok, result.reason
+    assert result.reencoded
+    assert "container rewritten (pixels re-encoded)" in result.removed
+    assert b"CANARY" not in (result.output or b"")

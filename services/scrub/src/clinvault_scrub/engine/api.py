@@ -10,7 +10,7 @@ import stat
 import struct
 from collections.abc import Sequence
 
-from clinvault_scrub.engine import containers, jpeg, png, record, verify
+from clinvault_scrub.engine import containers, heif, jpeg, png, record, verify
 from clinvault_scrub.engine import exif as exif_mod
 from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
 from clinvault_scrub.engine.model import (
@@ -64,11 +64,25 @@ def _care(
         c = fn(data, max_pixels=limits.max_pixels, max_frames=limits.max_frames)
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
+    if fmt == "heif":
+        try:
+            h = heif.scrub_heif(data, max_pixels=limits.max_pixels)
+        except heif.HeifUnsupported:
+            pass  # re-encoded below, and reported as such
+        except Rejected as exc:
+            if str(exc) == "image exceeds the pixel limit":  # no decoder gets it either
+                raise
+            # A structure this strict parser refuses may still be one libheif reads (as
+            # before this rewrite): the sandboxed decoder decides, and re-encodes it.
+        else:
+            result.removed, result.captured_at = h.removed, h.captured_at
+            return h.output
     if fmt == "tiff" and _is_dng(data):
         # A RAW file in a TIFF container: its first image is a small preview and the photo
         # itself is in sub-images; scrubbed as a TIFF, the preview would pass for the photo.
         raise Rejected("unsupported file type: Adobe DNG (RAW)")
-    # Only TIFF and HEIF decode on a care scrub: the sandbox loads when they come.
+    # Only TIFF, and HEIF the rewrite does not handle, decode on a care scrub: the sandbox
+    # loads when they come.
     from clinvault_scrub.engine.decode import recode_heif, recode_tiff
     from clinvault_scrub.engine.sandbox import run_limited
 
@@ -144,10 +158,7 @@ def scrub(
             missing = {f.label for f in d.findings if f.kind == "detector_unavailable"}
             checks += [check for check, label in _SEARCHES if label not in missing]
         problems = verify.check(
-            output,
-            out_fmt,
-            hints=terms,
-            jpeg_runs=jpeg_runs,
+            output, out_fmt, hints=terms, jpeg_runs=jpeg_runs, reencoded=result.reencoded
         )
         checks += _OUTPUT_CHECKS
         if terms:

@@ -27,7 +27,10 @@ POLICY: dict[str, Any] = {
             "every page re-encoded LZW as displayed (Orientation applied); structure tags,"
             " cleaned ICC"
         ),
-        "heif": "primary image re-encoded quality 92; cleaned ICC",
+        "heif": (
+            "container rewrite: primary image with its tiles and alpha, coded bytes copied,"
+            " whitelisted properties, cleaned ICC; otherwise re-encoded quality 92"
+        ),
         "trailing_data": "dropped",
     },
     "deidentify": {

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from clinvault_scrub.engine import containers, jpeg, png
+from clinvault_scrub.engine import containers, heif, jpeg, png
 from clinvault_scrub.engine.formats import sniff_format
 from clinvault_scrub.engine.model import Rejected
 
@@ -92,12 +92,17 @@ def hint_variants(term: str) -> list[bytes]:
     return out
 
 
+def _heif_rewrite(out: bytes, *, max_pixels: int, **_: int) -> containers.ContainerScrub:
+    return heif.scrub_heif(out, max_pixels=max_pixels)
+
+
 def check(
     out: bytes,
     fmt: str,
     *,
     hints: list[str],
     jpeg_runs: Mapping[int, int] | None = None,
+    reencoded: bool = True,
 ) -> list[str]:
     """Problems found in an output (empty list: it may be returned).
 
@@ -119,6 +124,8 @@ def check(
         problems += _tiff(out)
     elif fmt == "heif":
         problems += _heif(out)
+        if not reencoded:  # the container rewrite's own output: it must rewrite to itself
+            problems += _idempotent(_heif_rewrite, out)
     if fmt in ("tiff", "heif"):
         problems += _opens(out, fmt)
     for term in hints:
