@@ -328,17 +328,18 @@ def test_alpha_plane_is_kept() -> None:
     assert np.array_equal(_decode(result.output), _decode(data))
 
 
+def _two_images_and_an_alpha_plane(w: int, h: int) -> tuple[list[Item], bytes]:
+    """Items 1 and 2 (the same picture) and 3, an alpha plane; and the plane's coded bytes."""
+    hvcc, coded = _coded(corpus.photo(w, h))
+    mask_hvcc, mask = _coded(corpus.photo(w, h, seed=3).convert("L"))
+    base = ((hvcc, True), (_ispe(w, h), False))
+    alpha = ((mask_hvcc, True), (_ispe(w, h), False), (_auxc(ALPHA_URN), True))
+    items = [Item(1, b"hvc1", coded, base), Item(2, b"hvc1", coded, base)]
+    return [*items, Item(3, b"hvc1", mask, alpha)], mask
+
+
 def test_alpha_plane_shared_with_a_dropped_image_stays_the_primary_alpha() -> None:
-    hvcc, coded = _coded(corpus.photo(128, 96))
-    mask_hvcc, mask = _coded(corpus.photo(128, 96, seed=3).convert("L"))
-    base = ((hvcc, True), (_ispe(128, 96), False))
-    items = [
-        Item(1, b"hvc1", coded, base),
-        Item(2, b"hvc1", coded, base),
-        Item(
-            3, b"hvc1", mask, ((mask_hvcc, True), (_ispe(128, 96), False), (_auxc(ALPHA_URN), True))
-        ),
-    ]
+    items, _ = _two_images_and_an_alpha_plane(128, 96)
     data = _build(items, [(b"auxl", 3, [1, 2])])
     result = scrub_heif(data, max_pixels=MAX_PIXELS)
     assert result.removed == ["heif.extra_images"]
@@ -349,16 +350,7 @@ def test_alpha_plane_shared_with_a_dropped_image_stays_the_primary_alpha() -> No
 
 
 def test_other_auxiliary_image_with_alpha_urn_of_another_item_is_not_kept() -> None:
-    hvcc, coded = _coded(corpus.photo(64, 48))
-    mask_hvcc, mask = _coded(corpus.photo(64, 48, seed=3).convert("L"))
-    base = ((hvcc, True), (_ispe(64, 48), False))
-    items = [
-        Item(1, b"hvc1", coded, base),
-        Item(2, b"hvc1", coded, base),
-        Item(
-            3, b"hvc1", mask, ((mask_hvcc, True), (_ispe(64, 48), False), (_auxc(ALPHA_URN), True))
-        ),
-    ]
+    items, mask = _two_images_and_an_alpha_plane(64, 48)
     result = scrub_heif(_build(items, [(b"auxl", 3, [2])]), max_pixels=MAX_PIXELS)
     assert result.removed == ["heif.extra_images"]
     assert mask not in result.output
