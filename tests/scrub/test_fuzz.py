@@ -60,3 +60,14 @@ def test_the_fuzzer_sees_a_leak_and_an_engine_error(monkeypatch: pytest.MonkeyPa
     assert scrub_fuzz.problems(corpus.leaky_jpeg(), Profile.CARE) == [
         "rejected without a proper reason: 'internal error while scrubbing (RuntimeError)'"
     ]
+
+
+def test_a_rewritten_heif_libheif_refuses_is_rejected_with_a_reason() -> None:
+    """Found by the fuzzer: a mutated colour property the rewrite copies and libheif refuses
+    to open (unknown NCLX transfer characteristics) ended as an internal error."""
+    data = (FINDINGS / "heif-bad-nclx.bin").read_bytes()
+    care = scrub_fuzz.scrub(data)
+    assert care.reason.startswith("output failed verification: ")
+    assert "output does not open (ValueError)" in care.reason
+    deidentify = scrub_fuzz.scrub(data, Profile.DEIDENTIFY)  # its decoder refuses it first
+    assert deidentify.reason == "image cannot be decoded (UnidentifiedImageError)"

@@ -54,7 +54,10 @@ def _tiff(out: bytes) -> list[str]:
 def _heif(out: bytes) -> list[str]:
     import pillow_heif
 
-    heif = pillow_heif.open_heif(io.BytesIO(out))
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(out))
+    except Exception as exc:  # libheif refuses what our rewrite copied (a bad colour property)
+        return [f"output does not open ({type(exc).__name__})"]
     problems = []
     if len(heif) != 1:
         problems.append("HEIF holds more than one image")
