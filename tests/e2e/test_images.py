@@ -178,3 +178,37 @@ async def test_delete_crypto_shreds_and_answers_410(harness: Harness) -> None:
                 pass
             else:
                 raise AssertionError("a shredded object was readable")
+
+
+async def test_a_heic_photo_is_kept_as_heic_with_its_pixels(harness: Harness) -> None:
+    """An iPhone's format goes through the container rewrite: served as HEIF, the pixels as
+    they came, the EXIF gone."""
+    import io
+
+    import numpy as np
+    import piexif
+    import pillow_heif
+    from PIL import Image as PILImage
+
+    h = harness
+    exif = piexif.dump(
+        {"0th": {piexif.ImageIFD.Make: b"CanaryPhone"}, "GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N"}}
+    )
+    photo = PILImage.effect_mandelbrot((96, 64), (-2.0, -1.0, 1.0, 1.0), 100).convert("RGB")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(photo).save(buf, quality=80, exif=exif)
+    response = await h.upload(buf.getvalue(), filename="IMG_0001.HEIC")
+    assert response.status_code == 202, response.text
+    status = await h.wait(f"/v1/images/{response.json()['id']}", {"ready", "rejected"})
+    assert status["status"] == "ready", status
+    assert "exif.gps" in status["removed"]
+    await h.add_consent()
+    served = await h.client.get(f"/v1/images/{status['id']}/content", headers=await h.headers())
+    assert served.status_code == 200, served.text
+    assert served.headers["content-type"] == "image/heif"
+    assert b"CanaryPhone" not in served.content
+
+    def pixels(data: bytes) -> np.ndarray:
+        return np.asarray(pillow_heif.open_heif(io.BytesIO(data)).to_pillow())
+
+    assert np.array_equal(pixels(served.content), pixels(buf.getvalue()))
