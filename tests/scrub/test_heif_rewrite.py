@@ -614,3 +614,70 @@ def test_coded_data_with_an_sei_message_is_left_to_the_re_encode() -> None:
     with_sei = struct.pack(">I", len(sei)) + sei + coded
     with pytest.raises(HeifUnsupported, match="SEI"):
         scrub_heif(_build([Item(1, b"hvc1", with_sei, props)], []), max_pixels=MAX_PIXELS)
+
+
+def _stretched(data: bytes, item_id: int, length: int, new_length: int) -> bytes:
+    """`data` with the one-extent iloc entry of `item_id` made `new_length` long."""
+    at = data.index(struct.pack(">HHHH", item_id, 0, 0, 1)) + 12
+    assert struct.unpack_from(">I", data, at)[0] == length
+    return data[:at] + struct.pack(">I", new_length) + data[at + 4 :]
+
+
+def test_image_data_stretched_over_another_item_is_not_copied() -> None:
+    """An extent that covers the Exif item's bytes (or the meta box) would carry them out."""
+    hvcc, coded = _coded(corpus.photo(64, 48))
+    props = ((hvcc, True), (_ispe(64, 48), False))
+    exif = b"\x00\x00\x00\x00" + _exif()
+    items = [Item(1, b"hvc1", coded, props), Item(2, b"Exif", exif)]
+    data = _stretched(_build(items, [(b"cdsc", 2, [1])]), 1, len(coded), len(coded) + len(exif))
+    with pytest.raises(Rejected, match="overlaps another item"):
+        scrub_heif(data, max_pixels=MAX_PIXELS)
+    into_meta = _build([Item(1, b"hvc1", coded, props)], [])
+    at = into_meta.index(struct.pack(">HHHH", 1, 0, 0, 1)) + 8
+    offset = struct.unpack_from(">I", into_meta, at)[0]
+    moved = into_meta[:at] + struct.pack(">I", offset - 40) + into_meta[at + 4 :]  # into meta
+    with pytest.raises(Rejected, match="outside the media data"):
+        scrub_heif(moved, max_pixels=MAX_PIXELS)
+
+
+@pytest.mark.parametrize("unit_type", [38, 41, 48, 63])
+def test_coded_units_that_are_not_picture_data_are_left_to_the_re_encode(unit_type: int) -> None:
+    hvcc, coded = _coded(corpus.photo(64, 48))
+    unit = bytes([unit_type << 1, 1]) + b"CANARYNALXQZ Patient Jane Doe"
+    props = ((hvcc, True), (_ispe(64, 48), False))
+    data = _build([Item(1, b"hvc1", struct.pack(">I", len(unit)) + unit + coded, props)], [])
+    with pytest.raises(HeifUnsupported, match="not picture data"):
+        scrub_heif(data, max_pixels=MAX_PIXELS)
+
+
+def test_through_the_engine_a_heif_is_never_passed_on_with_what_the_rewrite_refused() -> None:
+    """Refused structures go to the sandboxed decoder, which re-encodes the pixels or rejects
+    the file with the rewrite's own reason; the coded bytes of a file that does not decode
+    are not passed on as "scrubbed"."""
+    from clinvault_scrub import Profile, scrub
+
+    # 64 x 64: libheif codes a 64 x 48 picture as 64 x 64 with a crop this builder omits.
+    hvcc, coded = _coded(corpus.photo(64, 64))
+    props = ((hvcc, True), (_ispe(64, 64), False))
+    plain = scrub(_build([Item(1, b"hvc1", coded, props)], []), Profile.CARE)
+    assert (plain.ok, plain.reencoded) == (True, False)  # rewritten, and it decodes
+    unit = bytes([63 << 1, 1]) + b"CANARYNALXQZ"
+    with_unit = _build([Item(1, b"hvc1", struct.pack(">I", len(unit)) + unit + coded, props)], [])
+    result = scrub(with_unit, Profile.CARE)
+    assert result.ok, result.reason
+    assert result.reencoded
+    assert not _leaks(result.output or b"", "CANARYNALXQZ")
+    garbled = bytearray(coded)
+    garbled[6:] = bytes(len(garbled) - 6)  # the slice data zeroed: no picture comes out
+    broken = scrub(_build([Item(1, b"hvc1", bytes(garbled), props)], []), Profile.CARE)
+    assert (broken.status.value, broken.output) == ("rejected", None)
+    assert broken.reason.startswith("image cannot be decoded")
+    exif = b"\x00\x00\x00\x00" + _exif()
+    items = [Item(1, b"hvc1", coded, props), Item(2, b"Exif", exif)]
+    stretched = _stretched(_build(items, []), 1, len(coded), len(coded) + len(exif))
+    refused = scrub(stretched, Profile.CARE)
+    if refused.ok:  # libheif read the picture: re-encoded, nothing of the Exif item kept
+        assert refused.reencoded
+        assert not _leaks(refused.output or b"", "CANARY")
+    else:
+        assert refused.reason == "corrupt HEIF: image data overlaps another item"

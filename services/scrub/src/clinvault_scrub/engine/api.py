@@ -9,6 +9,7 @@ import os
 import stat
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from clinvault_scrub.engine import containers, heif, jpeg, png, record, verify
 from clinvault_scrub.engine import exif as exif_mod
@@ -65,35 +66,60 @@ def _care(
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
     if fmt == "heif":
-        try:
-            h = heif.scrub_heif(data, max_pixels=limits.max_pixels)
-        except heif.HeifUnsupported:
-            pass  # re-encoded below, and reported as such
-        except Rejected as exc:
-            if str(exc) == "image exceeds the pixel limit":  # no decoder gets it either
-                raise
-            # A structure this strict parser refuses may still be one libheif reads (as
-            # before this rewrite): the sandboxed decoder decides, and re-encodes it.
-        else:
-            result.removed, result.captured_at = h.removed, h.captured_at
-            return h.output
-    if fmt == "tiff" and _is_dng(data):
+        return _care_heif(data, limits, result)
+    if _is_dng(data):
         # A RAW file in a TIFF container: its first image is a small preview and the photo
         # itself is in sub-images; scrubbed as a TIFF, the preview would pass for the photo.
         raise Rejected("unsupported file type: Adobe DNG (RAW)")
-    # Only TIFF, and HEIF the rewrite does not handle, decode on a care scrub: the sandbox
-    # loads when they come.
-    from clinvault_scrub.engine.decode import recode_heif, recode_tiff
+    from clinvault_scrub.engine.decode import recode_tiff
+
+    return _recoded(recode_tiff, data, limits, result, " losslessly")
+
+
+_PIXEL_LIMIT = "image exceeds the pixel limit"
+
+
+def _care_heif(data: bytes, limits: Limits, result: ScrubResult) -> bytes:
+    """The container rewrite (pixels as they came), its output decoded once in the sandbox to
+    prove it shows a picture; the re-encode for what the rewrite does not handle or refuses."""
+    from clinvault_scrub.engine.decode import decodes, recode_heif
     from clinvault_scrub.engine.sandbox import run_limited
 
-    recode = recode_tiff if fmt == "tiff" else recode_heif
+    refused = ""  # the rewrite's own reason, clearer than a decoder's exception name
+    try:
+        h = heif.scrub_heif(data, max_pixels=limits.max_pixels)
+    except heif.HeifUnsupported:
+        pass
+    except Rejected as exc:
+        if str(exc) == _PIXEL_LIMIT:  # no decoder gets it either
+            raise
+        refused = str(exc)  # a structure this strict parser refuses may be one libheif reads
+    else:
+        try:
+            # The coded bytes were copied unread: a file whose image data is corrupt would
+            # otherwise come out "scrubbed" and show nothing.
+            run_limited(decodes, (limits,), limits, data=h.output)
+        except Rejected as exc:
+            refused = str(exc)
+        else:
+            result.removed, result.captured_at = h.removed, h.captured_at
+            return h.output
+    try:
+        return _recoded(recode_heif, data, limits, result, "")
+    except Rejected as exc:
+        raise Rejected(refused or str(exc)) from None
+
+
+def _recoded(recode: Any, data: bytes, limits: Limits, result: ScrubResult, how: str) -> bytes:
+    """A TIFF or HEIF re-encoded by the decoder in the sandbox, and reported as such."""
+    from clinvault_scrub.engine.sandbox import run_limited
+
     r = run_limited(recode, (limits,), limits, data=data)
     result.removed, result.captured_at = r.removed, r.captured_at
     result.reencoded = True
-    result.removed.append(
-        "container rewritten (pixels re-encoded" + (" losslessly)" if fmt == "tiff" else ")")
-    )
-    return r.output
+    result.removed.append(f"container rewritten (pixels re-encoded{how})")
+    output: bytes = r.output
+    return output
 
 
 def scrub(

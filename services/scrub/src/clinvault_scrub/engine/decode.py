@@ -284,6 +284,18 @@ def recode_heif(data: bytes, limits: Limits) -> Recoded:
     return result
 
 
+def decodes(data: bytes, limits: Limits) -> tuple[int, int]:
+    """Decode the (first) image fully, as a viewer would; its size. Raises if it cannot."""
+    from PIL import Image
+
+    _heif_opener()
+    im = Image.open(io.BytesIO(data))
+    if im.size[0] * im.size[1] > limits.max_pixels:
+        raise Rejected("image exceeds the pixel limit")
+    im.load()
+    return im.size
+
+
 JPEG_QUALITY = 90
 _LOSSLESS_INPUTS = ("png", "gif", "tiff")
 

@@ -30,7 +30,7 @@ PROTECTED = "protected item"
 ESSENTIAL = "essential property this rewriter does not know"
 HANDLER = "meta handler is not pict"
 VERSION = "box version this rewriter does not know"
-SEI = "coded data carries SEI messages"
+SEI = "coded data carries units that are not picture data (SEI, filler, reserved)"
 UNSUPPORTED_REASONS = frozenset(
     {
         SEI,
@@ -52,13 +52,15 @@ class HeifUnsupported(Exception):
     UNSUPPORTED_REASONS. The caller falls back to re-encoding."""
 
 
-# Coded image items whose bytes we copy. A 'jpeg' item is left to the re-encode: its bitstream
-# can hold APP segments (EXIF, XMP) that a bytewise copy would pass through.
-_CODED = {b"hvc1", b"av01"}
+# Coded image items whose bytes we copy: HEVC, whose units are checked one by one (see
+# _refuse_non_picture_units). A 'jpeg' item (APP segments) and an 'av01' item (metadata OBUs)
+# are left to the re-encode: their streams can carry text this rewrite does not parse.
+_CODED = {b"hvc1"}
 _DERIVED = {b"grid", b"iovl", b"iden"}
 # Item types that are images (dropped ones are reported as extra images, not metadata).
 _IMAGE_TYPES = _CODED | _DERIVED | {
-    b"jpeg", b"hvt1", b"lhv1", b"avc1", b"vvc1", b"j2k1", b"unci", b"tmap", b"mski", b"pict",
+    b"av01", b"jpeg", b"hvt1", b"lhv1", b"avc1", b"vvc1", b"j2k1", b"unci", b"tmap", b"mski",
+    b"pict",
 }  # fmt: skip
 _ALPHA_URNS = {b"urn:mpeg:hevc:2015:auxid:1", b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha"}
 # Item properties needed to render that carry no text. Fixed-size ones are cut to their size
@@ -69,7 +71,10 @@ _FIXED_SIZES = {
 }  # fmt: skip
 _PROPERTIES = set(_FIXED_SIZES) | {b"hvcC", b"av1C", b"pixi", b"colr", b"auxC", b"a1lx", b"cclv"}
 _HEVC_PARAMETER_SETS = {32, 33, 34}  # VPS, SPS, PPS; SEI arrays can carry user text
-_HEVC_SEI = {39, 40}  # prefix and suffix SEI NAL units
+# HEVC NAL unit types a coded item may hold: the defined picture (VCL) types, parameter
+# sets, access unit delimiter, end of sequence and of bitstream. SEI (39, 40), filler data
+# (38) and the reserved and unspecified types can carry any bytes and decode to nothing.
+_HEVC_PICTURE_UNITS = {*range(0, 10), *range(16, 22), 32, 33, 34, 35, 36, 37}
 _MAX_AUX_SUBTYPE = 64  # an alpha SEI is a few bytes
 _KEPT_REFERENCES = {b"dimg", b"auxl", b"prem"}
 _PADDING = {b"free", b"skip", b"wide"}
@@ -362,10 +367,11 @@ def _check_extents(item: _Item, data: bytes, meta: _Meta) -> None:
     item.extents = fixed
 
 
-def _refuse_sei(meta: _Meta, item: _Item, data: bytes) -> None:
-    """HeifUnsupported if an HEVC item's coded data holds an SEI message (user data may carry
-    any text; the hvcC's own SEI arrays are dropped in _hvcc). Phones and libheif put none
-    there; a file that does is re-encoded rather than copied with it."""
+def _refuse_non_picture_units(meta: _Meta, item: _Item, data: bytes) -> None:
+    """HeifUnsupported if an HEVC item's coded data holds a unit that is not picture data (an
+    SEI's user data, filler, a reserved type: any bytes at all; the hvcC's own SEI arrays are
+    dropped in _hvcc). Phones and libheif write none there; a file that does is re-encoded
+    rather than copied with it."""
     if item.type != b"hvc1":
         return
     length_size = 4
@@ -376,10 +382,37 @@ def _refuse_sei(meta: _Meta, item: _Item, data: bytes) -> None:
                 length_size = (body[21] & 3) + 1
     coded = _item_bytes(item, data, meta) or b""
     pos = 0
-    while pos + length_size < len(coded):
-        if (coded[pos + length_size] >> 1) & 0x3F in _HEVC_SEI:
+    while pos < len(coded):
+        if pos + length_size >= len(coded):
+            raise Rejected("corrupt HEIF: truncated coded unit")
+        size = int.from_bytes(coded[pos : pos + length_size], "big")
+        if size == 0 or (coded[pos + length_size] >> 1) & 0x3F not in _HEVC_PICTURE_UNITS:
             raise HeifUnsupported(SEI)
-        pos += length_size + int.from_bytes(coded[pos : pos + length_size], "big")
+        pos += length_size + size
+    if pos != len(coded):
+        raise Rejected("corrupt HEIF: coded unit beyond its item")
+
+
+def _refuse_shared_bytes(meta: _Meta, kept: dict[int, None], mdat: list[tuple[int, int]]) -> None:
+    """Rejected unless every kept item's data in the file lies inside an mdat payload and
+    shares no byte with an item that goes: an extent stretched over the Exif item, or into
+    the meta box (item names, text properties), would copy them into the output."""
+    dropped = [
+        (o, o + n)
+        for i, item in meta.items.items()
+        if i not in kept and item.method == 0 and item.data_ref == 0
+        for o, n in item.extents
+    ]
+    for item_id in kept:
+        item = meta.items[item_id]
+        if item.method != 0:
+            continue  # idat: inside the meta box by construction, checked against its range
+        for offset, length in item.extents:
+            start, end = offset, offset + length
+            if not any(lo <= start and end <= hi for lo, hi in mdat):
+                raise Rejected("corrupt HEIF: image data outside the media data")
+            if any(start < hi and lo < end for lo, hi in dropped):
+                raise Rejected("corrupt HEIF: image data overlaps another item")
 
 
 def _item_bytes(item: _Item, data: bytes, meta: _Meta) -> bytes | None:
@@ -652,6 +685,7 @@ def _scrub(data: bytes, max_pixels: int, max_items: int) -> ContainerScrub:
         raise Rejected("not a HEIF stream")
     ftyp = b""
     meta_range: tuple[int, int] | None = None
+    mdat_ranges: list[tuple[int, int]] = []  # payloads
     for btype, start, stop in _boxes(data, 0, len(data), "file", top=True):
         if btype == b"ftyp":
             if ftyp:
@@ -663,7 +697,9 @@ def _scrub(data: bytes, max_pixels: int, max_items: int) -> ContainerScrub:
             meta_range = (start, stop)
         elif btype == b"moov":
             raise HeifUnsupported(SEQUENCE)
-        elif btype not in _PADDING and btype != b"mdat":
+        elif btype == b"mdat":
+            mdat_ranges.append((start, stop))
+        elif btype not in _PADDING:
             _note(removed, "heif.metadata")
     if meta_range is None:
         raise Rejected("corrupt HEIF: no meta box")
@@ -693,8 +729,9 @@ def _scrub(data: bytes, max_pixels: int, max_items: int) -> ContainerScrub:
         if item_id not in kept:
             _note(removed, _classify(meta.items[item_id], roles))
 
+    _refuse_shared_bytes(meta, kept, mdat_ranges)
     for item_id in kept:
-        _refuse_sei(meta, meta.items[item_id], data)
+        _refuse_non_picture_units(meta, meta.items[item_id], data)
 
     # Properties: the whitelisted ones the kept items use, renumbered in their original order.
     if len(meta.properties) > _MAX_PROPERTIES:
