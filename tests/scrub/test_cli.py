@@ -615,3 +615,55 @@ def test_on_a_terminal_result_lines_are_printed_above_the_progress_bar(
     assert len(starts) == 4
     for i in starts:  # each line begins a line of its own, never after the bar's text
         assert i == 0 or text[i - 1] in "\r\n", repr(text[max(0, i - 40) : i + 10])
+
+
+def test_a_file_already_in_the_output_directory_is_never_replaced(tmp_path: Path) -> None:
+    """An output folder inside the input folder may hold originals of the same name: each
+    stays, and the new output takes the next free name; scrubbing again writes nothing new."""
+    photos = tmp_path / "photos"
+    (photos / "clean").mkdir(parents=True)
+    (photos / "wound.jpg").write_bytes(corpus.leaky_jpeg())
+    original = corpus.leaky_jpeg(orientation=6)
+    (photos / "clean" / "wound.jpg").write_bytes(original)  # another photo, same name
+    for _ in range(2):
+        proc = _run(str(photos), "--out", str(photos / "clean"), "--json")
+        assert proc.returncode == 0, proc.stderr
+        (line,) = [json.loads(x) for x in proc.stdout.splitlines()]
+        assert line["output"] == str(photos / "clean" / "wound-2.jpg")
+        assert "already in the output directory" in proc.stderr
+    assert (photos / "clean" / "wound.jpg").read_bytes() == original
+    assert sorted(p.name for p in (photos / "clean").iterdir()) == ["wound-2.jpg", "wound.jpg"]
+
+
+def test_a_scan_usage_error_leaves_an_existing_report_alone(
+    app: typer.Typer, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    kept = tmp_path / "last-week.json"
+    kept.write_text('{"summary": {}}')
+    folder = str(inputs["photo.jpg"].parent)
+    bad = str(tmp_path / "missing" / "r.html")
+    result = runner.invoke(app, ["scan", folder, "--json", str(kept), "--html", bad])
+    assert result.exit_code == 2, result.output
+    assert kept.read_text() == '{"summary": {}}'
+    new = tmp_path / "new.json"
+    result = runner.invoke(app, ["scan", folder, "--json", str(new), "--html", bad])
+    assert result.exit_code == 2
+    assert not new.exists()  # made by the check, removed with the usage error
+
+
+def test_a_scan_report_that_cannot_be_written_at_the_end_is_one_line() -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    folder = Path(corpus.__file__).parent / "fuzz_findings"
+    proc = subprocess.run(
+        [CLINVAULT, "scan", str(folder), "--json", "/dev/full"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "clinvault scan: cannot write the report (No space left on device)"
+    )

@@ -8,7 +8,10 @@ byte-level engine; the progress bar, the worker threads or process pool and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import filecmp
 import functools
+import itertools
 import json
 import os
 import sys
@@ -16,6 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from clinvault_scrub.engine import Profile, Region, scrub_file
+from clinvault_scrub.engine.model import Status, io_failure
+
+_staged_serial = itertools.count()  # next() on it is atomic under the GIL
 
 # Below this many files per worker a process pool costs more than it saves (a care scrub of a
 # 12 MP JPEG takes a few milliseconds; starting and feeding a pool takes tens).
@@ -58,17 +64,41 @@ def _named_for_format(target: str, output_format: str | None) -> str:
     return stem + extensions[0]
 
 
+def _place(staged: str, wanted: str) -> str:
+    """Move a finished output to `wanted` without ever replacing a file that is there: one
+    with the same bytes (this input, scrubbed before) is left as it is; a different one (an
+    original, another photo's output) keeps its name, and the output takes the next free
+    name, -2, -3... The name is claimed with O_EXCL, so two runs cannot take it both."""
+    stem, ext = os.path.splitext(wanted)
+    candidate = wanted
+    for n in itertools.count(2):
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            if filecmp.cmp(candidate, staged, shallow=False):
+                os.unlink(staged)
+                return candidate
+            candidate = f"{stem}-{n}{ext}"
+            continue
+        os.close(fd)
+        os.replace(staged, candidate)
+        return candidate
+    raise AssertionError("unreachable")  # itertools.count never ends
+
+
 def _scrub_one(args: tuple[str, str, str, list[Region]]) -> dict[str, Any]:
     path, target, profile, regions = args
-    result = scrub_file(path, target, profile, redactions=regions)
+    folder, name = os.path.split(target)
+    # Written under a hidden name first: where it ends is decided once its format is known.
+    staged = os.path.join(folder, f".{name}.{os.getpid()}.{next(_staged_serial)}.new")
+    result = scrub_file(path, staged, profile, redactions=regions)
     if result.ok:
-        named = _named_for_format(target, result.output_format)
-        if named != target:
-            try:
-                os.replace(target, named)
-                target = named
-            except OSError:  # keep the output under the name it was written to
-                pass
+        try:
+            target = _place(staged, _named_for_format(target, result.output_format))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+            result.status, result.reason = Status.REJECTED, io_failure("write output", exc)
     if profile != Profile.CARE.value or result.format != "jpeg":
         _keep_freed_buffers()  # this one was read whole: reuse such buffers from now on
     return {
@@ -124,6 +154,15 @@ def _expand(inputs: list[str], out_dir: str) -> list[tuple[str, str]]:
         else:
             found.append((given, os.path.basename(given)))
     return found
+
+
+def _held_in_output(out_dir: str, inputs: list[str]) -> int:
+    """Files in `out_dir` when it lies inside an input folder: walk() leaves them out."""
+    out_real = os.path.realpath(out_dir)
+    for given in inputs:
+        if os.path.isdir(given) and out_real.startswith(os.path.realpath(given) + os.sep):
+            return sum(len(files) for _, _, files in os.walk(out_dir))
+    return 0
 
 
 def _same_folder(path: str, target: str) -> bool:
@@ -255,7 +294,9 @@ def _scrub_parser() -> argparse.ArgumentParser:
         description="Scrub images: metadata removed (care) or de-identified (deidentify). "
         "Each input is written to DIR under its own name (the extension of its output format; "
         "names that collide get -2, -3...); a rejected input is not written, and the reason "
-        "is printed. The inputs are never changed.",
+        "is printed. Nothing is ever replaced: the inputs are not changed, and a file already "
+        "in DIR stays (an identical output is not written again; a different one takes the "
+        "next free name).",
         epilog="Exit status: 0 every input scrubbed, 1 some input rejected, 2 usage error. "
         "With --json each line holds input, output (null if rejected), status (scrubbed or "
         "rejected), reason, removed, faces_redacted, needs_review, captured_at, findings "
@@ -362,6 +403,12 @@ def run_scrub(argv: list[str]) -> int:
     found = _expand([str(p) for p in args.inputs], str(out))
     if not found:
         sys.stderr.write("clinvault scrub: no files in the given folders\n")
+    held = _held_in_output(str(out), [str(p) for p in args.inputs])
+    if held:
+        sys.stderr.write(
+            f"clinvault scrub: {held} file(s) already in the output directory, which is inside "
+            "an input folder, are not scrubbed\n"
+        )
     targets = _output_paths([name for _, name in found], str(out))
     for (path, _), target in zip(found, targets, strict=True):
         if _same_folder(path, target):

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import typer
 
@@ -83,16 +83,34 @@ def _html(files: list[dict[str, Any]], totals: dict[str, int], summary: dict[str
     )
 
 
-def _report_file(path: Path | None, option: str) -> TextIO | None:
-    """The report file, opened before the scan (which may take minutes) so that a path that
-    cannot be written is a usage error at once. A file name that is not UTF-8 is written
-    with its odd bytes as escapes."""
-    if path is None:
-        return None
+def _check_report_paths(paths: dict[str, Path | None]) -> None:
+    """Each report path writable, checked before the scan (which may take minutes), so that a
+    bad one is a usage error at once. Nothing is truncated yet, and a file made by the check
+    is removed again if another path fails: a usage error leaves every file as it was."""
+    made: list[Path] = []
+    for option, path in paths.items():
+        if path is None:
+            continue
+        existed = path.exists()
+        try:
+            path.open("a").close()  # appending truncates nothing
+        except OSError as exc:
+            for new in made:
+                new.unlink(missing_ok=True)
+            raise typer.BadParameter(
+                io_failure("write the report", exc), param_hint=option
+            ) from None
+        if not existed:
+            made.append(path)
+
+
+def _write_report(path: Path, text: str) -> None:
+    """A file name that is not UTF-8 is written with its odd bytes as escapes."""
     try:
-        return path.open("w", encoding="utf-8", errors="backslashreplace")
-    except OSError as exc:
-        raise typer.BadParameter(io_failure("write the report", exc), param_hint=option) from None
+        path.write_text(text, encoding="utf-8", errors="backslashreplace")
+    except OSError as exc:  # a full disk, found only now
+        typer.echo(f"clinvault scan: {io_failure('write the report', exc)}", err=True)
+        raise typer.Exit(1) from None
 
 
 def scan_command(
@@ -115,8 +133,7 @@ def scan_command(
 
     if not directory.is_dir():
         raise typer.BadParameter("not a directory", param_hint="DIR")
-    json_out = _report_file(json_file, "--json")
-    html_out = _report_file(html_file, "--html")
+    _check_report_paths({"--json": json_file, "--html": html_file})
     jobs = [(path, str(directory)) for path in walk(str(directory))]
     # A scan runs the face, barcode and text detectors: a process per core pays from 2 files.
     files = list(run_many(_scan_one, jobs, "scan", min_per_worker=1)) if jobs else []
@@ -131,12 +148,10 @@ def scan_command(
         "totals": totals,
     }
     report = {"summary": summary, "files": files}
-    if json_out:
-        with json_out:
-            json_out.write(json.dumps(report, indent=2, sort_keys=True))
-    if html_out:
-        with html_out:
-            html_out.write(_html(files, totals, summary))
+    if json_file:
+        _write_report(json_file, json.dumps(report, indent=2, sort_keys=True))
+    if html_file:
+        _write_report(html_file, _html(files, totals, summary))
     typer.echo(_summary_line(summary))
     for cat in CATEGORIES:
         if totals[cat]:
