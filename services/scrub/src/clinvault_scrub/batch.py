@@ -252,6 +252,10 @@ def run_many(
     if sys.stderr.isatty():
         from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the lock
 
+        # No monitor thread: the process pool forks its workers after the bar exists, and a
+        # fork while another thread may hold a lock (stderr's, tqdm's) can leave a worker
+        # waiting on it for ever.
+        tqdm.monitor_interval = 0
         bar = tqdm(total=len(jobs), desc=desc, unit="file", file=sys.stderr)
     try:
         if workers <= 1:
