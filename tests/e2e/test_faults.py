@@ -210,3 +210,55 @@ async def test_postgres_outage_answers_503_and_recovers(
         # never answers; the assertions are done, so the shutdown is bounded.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stack.aclose(), 20)
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(120)
+async def test_reconcile_gets_past_a_job_a_killed_worker_still_holds(
+    monkeypatch: pytest.MonkeyPatch, pg_database_url: str, s3_settings: object
+) -> None:
+    """arq holds the id of a job whose worker was killed mid-run for the job's timeout plus
+    10 s; re-enqueued under that id, the work would wait that long. Found as a stall of the
+    fault test above: the reconciler now adds one job per stale window under its own id."""
+    from datetime import UTC, datetime, timedelta
+
+    from redis.asyncio import Redis
+    from sqlalchemy import update
+
+    from clinvault_scrub.worker.functions.reconcile import reconcile, retry_job_id
+    from clinvault_shared import jobs
+
+    await asyncio.to_thread(in_thread, lambda: asyncio.run(truncate_all(pg_database_url)))
+    redis = Redis.from_url(REDIS_TEST_URL)
+    await redis.flushdb()
+    monkeypatch.setenv("CLINVAULT_DATABASE_URL", pg_database_url)
+    monkeypatch.setenv("CLINVAULT_REDIS_URL", REDIS_TEST_URL)
+    for name, value in s3_settings.env(f"faults-{secrets.token_hex(4)}").items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
+    try:
+        async with serve("distributed", in_process_worker=False) as h:
+            response = await h.upload(make_jpeg(7, (16, 16)))
+            assert response.status_code == 202, response.text
+            image_id = response.json()["id"]
+            async with h.runtime.session() as session:
+                image = await session.get(Image, image_id)
+                assert image is not None
+                attempts = image.attempts
+                await session.execute(  # quiet for an hour: its work is presumed lost
+                    update(Image)
+                    .where(Image.id == image_id)
+                    .values(updated_at=datetime.now(UTC) - timedelta(hours=1))
+                )
+                await session.commit()
+            held = retry_job_id(jobs.MAKE_CARE_COPY, image_id, attempts)
+            assert h.runtime.queue is not None
+            assert await h.runtime.queue.enqueue(jobs.MAKE_CARE_COPY, image_id, job_id=held)
+            await redis.set(f"arq:in-progress:{held}", b"1", px=310_000)  # a killed worker's
+            ctx = {"runtime": h.runtime}
+            assert await reconcile(ctx) == 1  # one more job, under an id of its own
+            assert await reconcile(ctx) == 0  # and no more in the same window
+            queued = {key.decode() async for key in redis.scan_iter(f"arq:job:*{image_id}*")}
+            assert len(queued) == 3  # the upload's job, the held one, the new one
+    finally:
+        await redis.flushdb()
+        await redis.aclose()

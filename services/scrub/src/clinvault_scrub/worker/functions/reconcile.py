@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from clinvault_scrub.worker import repository
@@ -19,6 +20,20 @@ def retry_job_id(function: str, object_id: str, attempts: int) -> str:
     """Deterministic per attempt: a job stuck in the queue of a killed worker keeps its id, so a
     re-enqueue under the same id would be dropped; the lease makes the duplicate harmless."""
     return jobs.job_id(function, f"{object_id}.{attempts}")
+
+
+async def _enqueue(queue: Any, function: str, object_id: str, attempts: int, window: int) -> bool:
+    """The attempt's job, or, if the queue still holds that id, one more for this window.
+
+    The queue refuses an id it knows: a job waiting behind others, or one a killed worker had
+    started, whose id arq holds for the job's timeout plus 10 s (310 s for a derivative). The
+    row has been quiet for stale_work_seconds, so the work may be lost: one more job per such
+    window goes in under its own id (a duplicate finds the lease taken and does nothing).
+    """
+    if await queue.enqueue(function, object_id, job_id=retry_job_id(function, object_id, attempts)):
+        return True
+    again = jobs.job_id(function, f"{object_id}.{attempts}.w{window}")
+    return bool(await queue.enqueue(function, object_id, job_id=again))
 
 
 async def reconcile(ctx: WorkerContext | dict[str, Any]) -> int:
@@ -38,21 +53,12 @@ async def reconcile(ctx: WorkerContext | dict[str, Any]) -> int:
         # The next tick tries again; an outage is not an error of the reconciler.
         logger.warning("reconcile skipped: %s", type(exc).__name__)
         return 0
+    window = int(time.time() // runtime.settings.stale_work_seconds)
     count = 0
-    for image_id, attempts in images:
-        if await queue.enqueue(
-            jobs.MAKE_CARE_COPY,
-            image_id,
-            job_id=retry_job_id(jobs.MAKE_CARE_COPY, image_id, attempts),
-        ):
-            count += 1
-    for derivative_id, attempts in derivatives:
-        if await queue.enqueue(
-            jobs.BUILD_DERIVATIVE,
-            derivative_id,
-            job_id=retry_job_id(jobs.BUILD_DERIVATIVE, derivative_id, attempts),
-        ):
-            count += 1
+    for function, rows in ((jobs.MAKE_CARE_COPY, images), (jobs.BUILD_DERIVATIVE, derivatives)):
+        for object_id, attempts in rows:
+            if await _enqueue(queue, function, object_id, attempts, window):
+                count += 1
     if count:
         logger.info("re-enqueued %d stale jobs", count)
     return count
