@@ -217,8 +217,8 @@ async def test_postgres_outage_answers_503_and_recovers(
 async def test_reconcile_gets_past_a_job_a_killed_worker_still_holds(
     monkeypatch: pytest.MonkeyPatch, pg_database_url: str, s3_settings: object
 ) -> None:
-    """arq holds the id of a job whose worker was killed mid-run for the job's timeout plus
-    10 s; re-enqueued under that id, the work would wait that long. Found as a stall of the
+    """arq holds the id of a job whose worker was killed mid-run for the longest job timeout
+    plus 10 s; re-enqueued under that id, the work would wait that long. Found as a stall of the
     fault test above: the reconciler now adds one job per stale window under its own id."""
     from datetime import UTC, datetime, timedelta
 

@@ -26,7 +26,7 @@ async def _enqueue(queue: Any, function: str, object_id: str, attempts: int, win
     """The attempt's job, or, if the queue still holds that id, one more for this window.
 
     The queue refuses an id it knows: a job waiting behind others, or one a killed worker had
-    started, whose id arq holds for the job's timeout plus 10 s (310 s for a derivative). The
+    started, whose id arq holds for the longest job timeout plus 10 s (310 s here). The
     row has been quiet for stale_work_seconds, so the work may be lost: one more job per such
     window goes in under its own id (a duplicate finds the lease taken and does nothing).
     """
