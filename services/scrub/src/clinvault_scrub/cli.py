@@ -30,15 +30,15 @@ def scrub_command(ctx: typer.Context) -> None:
 def _scan_one(args: tuple[str, str]) -> dict[str, Any]:
     from clinvault_scrub.engine.api import read_input
     from clinvault_scrub.engine.model import Rejected
-    from clinvault_scrub.engine.scan import scan_bytes, unreadable
+    from clinvault_scrub.engine.scan import scan_bytes, unsearched
 
     path, root = args
     try:
         report = scan_bytes(read_input(path))
     except OSError as exc:
-        report = unreadable("unreadable", "", io_failure("read", exc))
+        report = unsearched("unreadable", "", io_failure("read", exc))
     except Rejected as exc:  # not a regular file, too large
-        report = unreadable("unreadable", "", str(exc))
+        report = unsearched("unreadable", "", str(exc))
     report["path"] = os.path.relpath(path, root)
     return report
 

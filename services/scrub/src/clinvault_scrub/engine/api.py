@@ -13,6 +13,7 @@ from typing import Any
 
 from clinvault_scrub.engine import containers, heif, jpeg, png, record, verify
 from clinvault_scrub.engine import exif as exif_mod
+from clinvault_scrub.engine.containers import note_removed
 from clinvault_scrub.engine.formats import SNIFF_BYTES, describe_format, sniff_format
 from clinvault_scrub.engine.model import (
     Hints,
@@ -33,11 +34,6 @@ _SEARCHES = (("faces", "faces"), ("caller_regions", ""), ("barcodes", "barcodes"
 _TIMESTAMPS = {"exif.timestamps", "png.time"}
 
 
-def _note(removed: list[str], name: str) -> None:
-    if name not in removed:
-        removed.append(name)
-
-
 # What the fail-closed check of every output proves (verify.check), as the record names it.
 _OUTPUT_CHECKS = ("reparse", "metadata_whitelist", "single_image", "no_trailer")
 
@@ -49,7 +45,13 @@ def _is_dng(data: bytes) -> bool:
 
 
 def _care(
-    data: bytes, fmt: str, limits: Limits, result: ScrubResult, runs: dict[int, int]
+    data: bytes,
+    fmt: str,
+    limits: Limits,
+    result: ScrubResult,
+    runs: dict[int, int],
+    *,
+    prove_decodes: bool = True,
 ) -> bytes:
     if fmt == "jpeg":
         j = jpeg.scrub_care(data, max_pixels=limits.max_pixels)
@@ -66,7 +68,7 @@ def _care(
         result.removed, result.captured_at = c.removed, c.captured_at
         return c.output
     if fmt == "heif":
-        return _care_heif(data, limits, result)
+        return _care_heif(data, limits, result, prove_decodes=prove_decodes)
     if _is_dng(data):
         # A RAW file in a TIFF container: its first image is a small preview and the photo
         # itself is in sub-images; scrubbed as a TIFF, the preview would pass for the photo.
@@ -79,9 +81,10 @@ def _care(
 _PIXEL_LIMIT = "image exceeds the pixel limit"
 
 
-def _care_heif(data: bytes, limits: Limits, result: ScrubResult) -> bytes:
+def _care_heif(data: bytes, limits: Limits, result: ScrubResult, *, prove_decodes: bool) -> bytes:
     """The container rewrite (pixels as they came), its output decoded once in the sandbox to
-    prove it shows a picture; the re-encode for what the rewrite does not handle or refuses."""
+    prove it shows a picture; the re-encode for what the rewrite does not handle or refuses.
+    A deidentify scrub decodes the image itself next, and need not have it proved first."""
     from clinvault_scrub.engine.decode import decodes, recode_heif
     from clinvault_scrub.engine.sandbox import run_limited
 
@@ -98,7 +101,8 @@ def _care_heif(data: bytes, limits: Limits, result: ScrubResult) -> bytes:
         try:
             # The coded bytes were copied unread: a file whose image data is corrupt would
             # otherwise come out "scrubbed" and show nothing.
-            run_limited(decodes, (limits,), limits, data=h.output)
+            if prove_decodes:
+                run_limited(decodes, (limits,), limits, data=h.output)
         except Rejected as exc:
             refused = str(exc)
         else:
@@ -146,7 +150,7 @@ def scrub(
             raise Rejected(f"unsupported file type: {describe_format(data[:SNIFF_BYTES])}")
         result.format = fmt
         jpeg_runs: dict[int, int] = {}
-        output = _care(data, fmt, limits, result, jpeg_runs)
+        output = _care(data, fmt, limits, result, jpeg_runs, prove_decodes=profile is Profile.CARE)
         out_fmt = fmt
         if profile is Profile.DEIDENTIFY:
             from clinvault_scrub.engine import deidentify
@@ -170,12 +174,12 @@ def scrub(
             jpeg_runs = {}  # a new encoding: every byte is searched
             result.reencoded = True
             if result.captured_at is not None or _TIMESTAMPS & set(result.removed):
-                _note(result.removed, "timestamps")  # not even the capture time is reported
+                note_removed(result.removed, "timestamps")  # not even the capture time is reported
             result.captured_at = None
             if d.orientation_applied:
-                _note(result.removed, "orientation (applied to pixels)")
+                note_removed(result.removed, "orientation (applied to pixels)")
             if d.pages_dropped:
-                _note(result.removed, "extra frames/pages")
+                note_removed(result.removed, "extra frames/pages")
             result.findings = d.findings
             result.faces_redacted = d.faces_redacted
             result.review_reasons = d.review_reasons

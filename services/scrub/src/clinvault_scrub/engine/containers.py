@@ -26,7 +26,8 @@ class ContainerScrub(Record):
         self.frames = 1
 
 
-def _note(removed: list[str], name: str) -> None:
+def note_removed(removed: list[str], name: str) -> None:
+    """Add `name` to a `removed` list once."""
     if name not in removed:
         removed.append(name)
 
@@ -49,7 +50,7 @@ def _frame_image_only(frame: bytes, removed: list[str]) -> bytes:
         if fourcc in (b"ALPH", b"VP8 ", b"VP8L"):
             parts.append(frame[pos:padded])
         else:
-            _note(removed, "webp.chunk")
+            note_removed(removed, "webp.chunk")
         pos = padded
     if not any(part[:4] in (b"VP8 ", b"VP8L") for part in parts[1:]):
         raise Rejected("WebP animation frame without image data")
@@ -107,17 +108,17 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
             try:
                 cleaned, changed = clean_icc(body)
                 if changed:
-                    _note(result.removed, "icc.free_text")
+                    note_removed(result.removed, "icc.free_text")
                 chunks.append((fourcc, cleaned))
             except ValueError:
-                _note(result.removed, "icc.unreadable")
+                note_removed(result.removed, "icc.unreadable")
         elif fourcc == b"EXIF":
             blob = body[6:] if body.startswith(b"Exif\x00\x00") else body
             try:
                 got = exif_mod.read_exif(blob)
             except (ValueError, struct.error):
-                _note(result.removed, "exif")
-                _note(result.removed, "exif.unreadable")
+                note_removed(result.removed, "exif")
+                note_removed(result.removed, "exif.unreadable")
             else:
                 result.captured_at = got.captured_at
                 # Orientation stays, alone in a minimal EXIF (as for JPEG); one already in
@@ -125,18 +126,18 @@ def scrub_webp(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScr
                 if got.orientation not in (None, 1):
                     orientation = got.orientation
                 if not exif_mod.is_minimal(body):
-                    _note(result.removed, "exif")
+                    note_removed(result.removed, "exif")
                     for cat in sorted(got.categories):
-                        _note(result.removed, cat)
+                        note_removed(result.removed, cat)
         elif fourcc == b"XMP ":
-            _note(result.removed, "xmp")
+            note_removed(result.removed, "xmp")
         else:
-            _note(result.removed, "webp.chunk")
+            note_removed(result.removed, "webp.chunk")
         pos = end + (size & 1)
     if result.frames > 1:
         result.frames -= 1
     if riff_end < len(data):
-        _note(result.removed, "trailer")
+        note_removed(result.removed, "trailer")
     if result.width * result.height > max_pixels:
         raise Rejected("image exceeds the pixel limit")
     if result.width == 0:
@@ -228,28 +229,28 @@ def scrub_gif(data: bytes, *, max_pixels: int, max_frames: int) -> ContainerScru
                 if end - start == 8 and data[start + 2] == 4:
                     out.append(data[start:end])
                 else:
-                    _note(result.removed, "gif.malformed_block")
+                    note_removed(result.removed, "gif.malformed_block")
             elif label == 0xFF and data[pos + 3 : pos + 14] in (b"NETSCAPE2.0", b"ANIMEXTS1.0"):
                 # The loop count, rebuilt: any other sub-block could carry anything.
                 if data[pos + 14 : pos + 16] == b"\x03\x01" and pos + 18 <= end:
                     out.append(_LOOP_HEAD + data[pos + 16 : pos + 18] + b"\x00")
                 if end - start != 19:
-                    _note(result.removed, "gif.application")
+                    note_removed(result.removed, "gif.application")
             elif label == 0xFE:
-                _note(result.removed, "gif.comment")
+                note_removed(result.removed, "gif.comment")
             elif label == 0x01:
-                _note(result.removed, "gif.plain_text")
+                note_removed(result.removed, "gif.plain_text")
             elif label == 0xFF and data[pos + 3 : pos + 14] == b"XMP DataXMP":
-                _note(result.removed, "xmp")
+                note_removed(result.removed, "xmp")
             else:
-                _note(result.removed, "gif.application")
+                note_removed(result.removed, "gif.application")
             pos = end
         else:
             raise Rejected("corrupt GIF block")
     if frames == 0:
         raise Rejected("GIF without an image")
     if pos < len(data):
-        _note(result.removed, "trailer")
+        note_removed(result.removed, "trailer")
     result.frames = frames
     result.output = b"".join(out)
     return result

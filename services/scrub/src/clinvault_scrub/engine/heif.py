@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 
 from clinvault_scrub.engine import exif as exif_mod
-from clinvault_scrub.engine.containers import ContainerScrub, _note
+from clinvault_scrub.engine.containers import ContainerScrub, note_removed
 from clinvault_scrub.engine.icc import clean_icc
 from clinvault_scrub.engine.model import Rejected
 
@@ -343,7 +343,7 @@ def _read_meta(data: bytes, body: int, end: int, max_items: int, removed: list[s
     if b"iloc" in seen:  # after iinf, wherever it stands: locations attach to known items
         _read_iloc(data, iloc[0], iloc[1], meta, max_items)
     if extra:
-        _note(removed, "heif.metadata")
+        note_removed(removed, "heif.metadata")
     return meta
 
 
@@ -502,9 +502,9 @@ def _hvcc(body: bytes, removed: list[str]) -> bytes:
         if nal_type in _HEVC_PARAMETER_SETS:
             arrays.append(body[start : r.pos])
         else:
-            _note(removed, "heif.metadata")
+            note_removed(removed, "heif.metadata")
     if r.pos != len(body):
-        _note(removed, "heif.metadata")
+        note_removed(removed, "heif.metadata")
     return head + bytes([len(arrays)]) + b"".join(arrays)
 
 
@@ -529,7 +529,7 @@ def _clean_property(ptype: bytes, body: bytes, removed: list[str]) -> bytes | No
         if len(body) < size:
             raise Rejected("corrupt HEIF: truncated item property")
         if len(body) > size:
-            _note(removed, "heif.metadata")
+            note_removed(removed, "heif.metadata")
         return body[:size]
     if ptype == b"hvcC":
         return _hvcc(body, removed)
@@ -543,7 +543,7 @@ def _clean_property(ptype: bytes, body: bytes, removed: list[str]) -> bytes | No
         urn = r.cstring()
         subtype = body[r.pos :]
         if len(subtype) > _MAX_AUX_SUBTYPE:
-            _note(removed, "heif.metadata")
+            note_removed(removed, "heif.metadata")
             subtype = b""
         return head + urn + b"\x00" + subtype
     if ptype == b"colr":
@@ -552,18 +552,18 @@ def _clean_property(ptype: bytes, body: bytes, removed: list[str]) -> bytes | No
             if len(body) < 11:
                 raise Rejected("corrupt HEIF: truncated item property")
             if len(body) > 11:
-                _note(removed, "heif.metadata")
+                note_removed(removed, "heif.metadata")
             return body[:11]
         if kind in (b"prof", b"rICC"):
             try:
                 cleaned, changed = clean_icc(body[4:])
             except ValueError:
-                _note(removed, "icc.unreadable")
+                note_removed(removed, "icc.unreadable")
                 return None
             if changed:
-                _note(removed, "icc.free_text")
+                note_removed(removed, "icc.free_text")
             return kind + cleaned
-        _note(removed, "heif.metadata")
+        note_removed(removed, "heif.metadata")
         return None
     raise AssertionError("property not on the whitelist")  # pragma: no cover
 
@@ -615,12 +615,12 @@ def _report_exif(item: _Item, data: bytes, meta: _Meta, result: ContainerScrub) 
     try:
         got = exif_mod.read_exif(blob)
     except (ValueError, struct.error):
-        _note(result.removed, "exif.unreadable")
+        note_removed(result.removed, "exif.unreadable")
         return
     if result.captured_at is None:
         result.captured_at = got.captured_at
     for category in sorted(got.categories):
-        _note(result.removed, category)
+        note_removed(result.removed, category)
 
 
 def _size(meta: _Meta, item_id: int, new_index: dict[int, int]) -> tuple[int, int]:
@@ -700,7 +700,7 @@ def _scrub(data: bytes, max_pixels: int, max_items: int) -> ContainerScrub:
         elif btype == b"mdat":
             mdat_ranges.append((start, stop))
         elif btype not in _PADDING:
-            _note(removed, "heif.metadata")
+            note_removed(removed, "heif.metadata")
     if meta_range is None:
         raise Rejected("corrupt HEIF: no meta box")
     meta = _read_meta(data, meta_range[0], meta_range[1], max_items, removed)
@@ -722,12 +722,12 @@ def _scrub(data: bytes, max_pixels: int, max_items: int) -> ContainerScrub:
     exif_items = [meta.items[i] for i in meta.order if meta.items[i].type == b"Exif"]
     exif_items.sort(key=lambda it: it.id not in describes_primary)
     for item in exif_items:
-        _note(removed, "exif")
+        note_removed(removed, "exif")
         _report_exif(item, data, meta, result)
     roles = _Roles(meta)
     for item_id in meta.order:
         if item_id not in kept:
-            _note(removed, _classify(meta.items[item_id], roles))
+            note_removed(removed, _classify(meta.items[item_id], roles))
 
     _refuse_shared_bytes(meta, kept, mdat_ranges)
     for item_id in kept:
@@ -738,7 +738,7 @@ def _scrub(data: bytes, max_pixels: int, max_items: int) -> ContainerScrub:
         raise Rejected("corrupt HEIF: too many item properties")
     for ptype, _ in meta.properties:
         if ptype not in _PROPERTIES:
-            _note(removed, "heif.metadata")
+            note_removed(removed, "heif.metadata")
     used: set[int] = set()
     for item_id in kept:
         for index, essential in meta.associations.get(item_id, []):

@@ -85,7 +85,7 @@ def _count_removed(removed: list[str], risks: dict[str, int]) -> None:
             risks[cat] = 1
 
 
-def unreadable(status: str, fmt: str, reason: str = "") -> dict[str, Any]:
+def unsearched(status: str, fmt: str, reason: str = "") -> dict[str, Any]:
     """The report of a file whose pixels were not searched: not an image, or not readable;
     the same keys as any other report, every risk at 0 until counted."""
     return {
@@ -109,10 +109,10 @@ def scan_bytes(
     fmt = sniff_format(data[:SNIFF_BYTES])
     risks = dict.fromkeys(CATEGORIES, 0)
     if fmt is None:
-        return unreadable("not_an_image", describe_format(data[:SNIFF_BYTES]))
+        return unsearched("not_an_image", describe_format(data[:SNIFF_BYTES]))
     care = scrub(data, Profile.CARE, limits=limits)
     if not care.ok:
-        report = unreadable("unreadable", fmt, care.reason)
+        report = unsearched("unreadable", fmt, care.reason)
         if fmt == "jpeg":  # its header can still say what identifies the patient
             _count_removed(jpeg.metadata_before_image(data), report["risks"])
         return report
